@@ -1,0 +1,86 @@
+"""What every head shares: input checks, softmax, and saving as safetensors + JSON (never pickle)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from zeroshot.features import check_features
+
+HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax with max-subtraction, in float64 for stability, returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z.astype(np.float32)
+
+
+def check_class_embeddings(W, name: str = "classes") -> np.ndarray:
+    """(C, D) class text embeddings, finite; rows are renormalised (the zero-shot contract is unit rows)."""
+    W = check_features(W, name=name)
+    if len(W) == 0:
+        raise ValueError(f"{name} is empty: give at least one class embedding row")
+    norms = np.linalg.norm(W, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{name} has all-zero rows; every class needs a non-zero text embedding")
+    return (W / norms).astype(np.float32)
+
+
+class Head(BaseEstimator):
+    """Base for heads: ``_fitted_arrays`` name the fitted attributes saved as tensors, ``_fitted_meta`` as JSON."""
+
+    _fitted_arrays: tuple[str, ...] = ()
+    _fitted_meta: tuple[str, ...] = ()
+
+    def _check_X(self, X) -> np.ndarray:
+        check_is_fitted(self, self._fitted_arrays[0] if self._fitted_arrays else None)
+        return check_features(X, dim=self.n_features_in_)
+
+    def save(self, folder: str | os.PathLike, **extra_meta) -> Path:
+        """Write ``head.json`` (class, params, fitted metadata) and ``head.safetensors`` (fitted arrays)."""
+        from safetensors.numpy import save_file
+
+        check_is_fitted(self, self._fitted_arrays[0] if self._fitted_arrays else None)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(getattr(self, k)) for k in self._fitted_arrays}, str(folder / HEAD_WEIGHTS))
+        meta = {
+            "class": type(self).__name__,
+            "params": self.get_params(deep=False),
+            "fitted": {k: getattr(self, k) for k in self._fitted_meta},
+            "n_features_in_": int(self.n_features_in_),
+            **extra_meta,
+        }
+        (folder / HEAD_JSON).write_text(json.dumps(meta, indent=1))
+        return folder
+
+
+def load_head(folder: str | os.PathLike, *, fingerprint: str | None = None) -> Head:
+    """Load any saved head; ``fingerprint`` refuses a head fitted on another backbone's features."""
+    from safetensors.numpy import load_file
+
+    from . import HEADS
+
+    folder = Path(folder)
+    meta = json.loads((folder / HEAD_JSON).read_text())
+    if meta["class"] not in HEADS:
+        raise ValueError(f"{folder}: unknown head class {meta['class']!r}")
+    saved_fp = meta.get("fingerprint")
+    if fingerprint is not None and saved_fp is not None and saved_fp != fingerprint:
+        raise ValueError(f"{folder} was fitted on features of backbone {saved_fp}, not {fingerprint}")
+    head = HEADS[meta["class"]](**meta["params"])
+    for k, v in load_file(str(folder / HEAD_WEIGHTS)).items():
+        setattr(head, k, v)
+    for k, v in meta["fitted"].items():
+        setattr(head, k, v)
+    head.n_features_in_ = meta["n_features_in_"]
+    head.fingerprint_ = saved_fp
+    return head

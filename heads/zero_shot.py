@@ -1,0 +1,42 @@
+"""Zero-shot classifier from class text embeddings (spec: methods/zero_shot.md)."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import ClassifierMixin
+
+from ._base import Head, check_class_embeddings, softmax
+
+
+class ZeroShotClassifier(ClassifierMixin, Head):
+    """Logits ``s * X @ W.T`` with W the (C, D) unit class embeddings (prompt-ensembled text embeddings).
+
+    ``logit_scale`` s only matters for probabilities and for heads that add these logits to other terms;
+    100 follows CLIP / open_clip / CLIP_benchmark evaluation.
+    """
+
+    _fitted_arrays = ("class_embeddings_", "classes_")
+    _fitted_meta = ("class_names_",)
+
+    def __init__(self, logit_scale: float = 100.0):
+        self.logit_scale = logit_scale
+
+    def fit(self, X=None, y=None, *, classes, class_names: list[str] | None = None) -> "ZeroShotClassifier":
+        """``classes``: (C, D) class embeddings, e.g. from :func:`zeroshot.class_embeddings`. X and y are unused."""
+        W = check_class_embeddings(classes)
+        if class_names is not None and len(class_names) != len(W):
+            raise ValueError(f"{len(class_names)} class names for {len(W)} class embeddings")
+        self.class_embeddings_ = W
+        self.classes_ = np.arange(len(W))
+        self.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(len(W))]
+        self.n_features_in_ = W.shape[1]
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        X = self._check_X(X)
+        return self.logit_scale * (X @ self.class_embeddings_.T)
+
+    def predict_proba(self, X) -> np.ndarray:
+        return softmax(self.decision_function(X))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.decision_function(X).argmax(axis=1)]

