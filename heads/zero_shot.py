@@ -39,4 +39,5 @@ class ZeroShotClassifier(ClassifierMixin, Head):
         return softmax(self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        scores = self.decision_function(X)  # first: it raises NotFittedError on an unfitted head
+        return self.classes_[scores.argmax(axis=1)]

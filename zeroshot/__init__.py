@@ -2,7 +2,13 @@
 
 Names are imported on first use, so a fully cached command never pays for importing torch.
 """
+import os
 from importlib import import_module
+
+# On CPU the decode workers and the forward pass share the cores; OpenMP threads that spin while waiting steal
+# the cycles the decoders need (measured: +20% images/s end to end, -4% on the bare forward pass). This only
+# takes effect if torch is not imported yet, and a value the user already set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "backbone": ["Backbone", "load_backbone", "save_backbone_folder"],

@@ -8,9 +8,11 @@ for building the network.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -60,7 +62,7 @@ def sha256_state_dict(state: dict) -> str:
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -131,10 +133,8 @@ class Backbone:
     # --- the network, built on first use --------------------------------------------------------------------
     @cached_property
     def _parts(self):
-        import transformers
-
-        transformers.logging.set_verbosity_error()  # its load report lists unused pooler weights as "UNEXPECTED"
-        model, tokenizer = self.build()
+        with _quiet_model_loading():
+            model, tokenizer = self.build()
         model = model.to(self.device).eval()
         visual = _fast_image_tower(model.visual, self.device)
         return model, tokenizer, visual
@@ -188,6 +188,24 @@ class Backbone:
 
     def __repr__(self) -> str:
         return f"Backbone({self.name!r}, dim={self.embed_dim}, fingerprint={self.fingerprint}, device={self.requested_device or 'auto'})"
+
+
+@contextlib.contextmanager
+def _quiet_model_loading():
+    """Silence expected noise while building: transformers' load report (it lists the unused BERT pooler as
+    "UNEXPECTED") and open_clip's "initialized partially" warning for a text tower loaded from its package."""
+    import transformers
+
+    previous = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        transformers.logging.set_verbosity(previous)
 
 
 def _fast_image_tower(visual, device: str):
@@ -388,7 +406,8 @@ def create_untrained_folder(folder: str | os.PathLike, model_cfg: dict, *, seed:
     if "hf_model_name" in text_cfg:
         text_cfg["hf_model_pretrained"] = True
     cls = open_clip.CustomTextCLIP if "hf_model_name" in text_cfg else open_clip.CLIP
-    model = cls(**{**model_cfg, "text_cfg": text_cfg})
+    with _quiet_model_loading():
+        model = cls(**{**model_cfg, "text_cfg": text_cfg})
     exclude = ("text.transformer.",) if _text_tower_from_package(model_cfg) else ()
     size = model_cfg["vision_cfg"].get("image_size", 224)
     return save_backbone_folder(model, folder, model_cfg, {"size": size}, exclude_prefixes=exclude)

@@ -116,8 +116,9 @@ class FileList(_FileDataset):
 
     def __init__(self, csv_path: str | os.PathLike):
         csv_path = Path(csv_path)
+        delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
         with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            rows = list(csv.DictReader(f, delimiter=delimiter))
         if not rows or "path" not in rows[0]:
             raise ValueError(f"{csv_path}: expected a CSV header with a 'path' column (and optionally 'label')")
         classes = _classes_beside(csv_path)
@@ -207,7 +208,7 @@ class TarShards(Dataset):
     def raw(self, index: int) -> bytes:
         shard_index, offset, size = self._where[index]
         path = self.shards[shard_index]
-        if not path.endswith(".gz"):
+        if not path.endswith((".gz", ".tgz")):
             with open(path, "rb") as f:
                 f.seek(offset)
                 return f.read(size)
@@ -334,6 +335,8 @@ def open_dataset(spec: str | os.PathLike | list) -> Dataset:
 def decode_raw(raw, transform):
     """Apply ``transform`` to what ``Dataset.raw`` returned (path, bytes or array)."""
     if isinstance(raw, np.ndarray):
+        if raw.ndim == 3 and raw.shape[2] == 1:  # (H,W,1) greyscale: PIL cannot take a single-channel 3-D array
+            raw = raw[..., 0]
         return transform(raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2))
     return transform.load(raw)
 

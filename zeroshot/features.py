@@ -128,6 +128,7 @@ class ShardStore:
     def __init__(self, folder: Path, header: dict):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        header = json.loads(json.dumps(header))  # compare like with like: tuples come back from JSON as lists
         path = self.folder / MANIFEST
         if path.is_file():
             manifest = json.loads(path.read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,14 @@ def load_card(name_or_path: str | os.PathLike) -> Card:
                 data.get("sources", {}))
 
 
+def _placeholders(template: str) -> list | None:
+    """The (field, format spec, conversion) of each replacement field in ``template``; None when malformed."""
+    try:
+        return [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError:
+        return None
+
+
 def build_prompts(classes: list[str], templates: list[str] | dict[str, list[str]]) -> list[list[str]]:
     """Per class, its prompts: ``template.format(name)`` for a template list, or a class -> prompts dict (CuPL)."""
     if not classes:
@@ -76,7 +85,7 @@ def build_prompts(classes: list[str], templates: list[str] | dict[str, list[str]
     if not templates:
         raise ValueError("no prompt templates given")
     for t in templates:
-        if t.count("{}") != 1 or "{c}" in t:
+        if _placeholders(t) != [("", "", None)]:  # exactly one bare '{}'; '{{}}' is a literal, not a placeholder
             raise ValueError(f"template {t!r} must contain exactly one '{{}}' placeholder")
     return [[t.format(c) for t in templates] for c in classes]
 

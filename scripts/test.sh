@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv if missing, install zeroshot with its test extra, run pytest. Exit 5 (no tests ran) is a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3.11 -m venv .venv || exit 1
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" || exit 1
+.venv/bin/python -m pytest "$@"
+status=$?
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$status"

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny real open_clip model saved as a local folder, and the shared data location."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(os.environ.get("ZEROSHOT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# A small open_clip model: timm's test_resnet image tower (0.4M params) and a 2-layer text transformer.
+TINY_MODEL_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"timm_model_name": "test_resnet", "timm_model_pretrained": False, "timm_pool": "avg",
+                   "timm_proj": "linear", "image_size": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def shared(*parts: str) -> Path:
+    """Path under the shared data folder; skips the test with a clear reason when it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set ZEROSHOT_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A seeded tiny model saved through the local-folder path (open_clip_config.json + safetensors)."""
+    import open_clip
+    import torch
+
+    from zeroshot import save_backbone_folder
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_MODEL_CFG)
+    return save_backbone_folder(model, tmp_path_factory.mktemp("tiny_model"), TINY_MODEL_CFG, {"size": 32})
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_model_dir):
+    from zeroshot import load_backbone
+
+    return load_backbone(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,115 @@
+"""Classification metrics checked against scikit-learn, plus the tie rule and the confusion-matrix PNG."""
+import warnings
+
+import numpy as np
+import pytest
+import sklearn.metrics as skm
+from PIL import Image
+
+from zeroshot.metrics import (classification_metrics, confusion_matrix, mean_per_class_recall,
+                              plot_confusion_matrix, top_k_accuracy, true_class_rank)
+
+
+def _random_problem(rng, n=300, c=12):
+    scores = rng.standard_normal((n, c))  # continuous: no ties
+    y = rng.integers(0, c, n)
+    return scores, y
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_top_k_accuracy_matches_sklearn(rng, k):
+    scores, y = _random_problem(rng)
+    expected = skm.top_k_accuracy_score(y, scores, k=k, labels=np.arange(scores.shape[1]))
+    assert top_k_accuracy(scores, y, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_top_k_accuracy_is_not_trivial(rng):
+    scores, y = _random_problem(rng)
+    acc1, acc5 = top_k_accuracy(scores, y, 1), top_k_accuracy(scores, y, 5)
+    assert 0 < acc1 < acc5 < 1
+
+
+def test_acc5_is_nan_with_fewer_than_five_classes(rng):
+    scores, y = _random_problem(rng, n=50, c=4)
+    assert np.isnan(top_k_accuracy(scores, y, 5))
+    assert not np.isnan(top_k_accuracy(scores, y, 4))
+    assert np.isnan(classification_metrics(scores, y)["acc5"])
+
+
+def test_ties_go_to_the_lower_class_index():
+    scores = np.array([[0.2, 0.9, 0.9, 0.1],
+                       [0.2, 0.9, 0.9, 0.1],
+                       [0.5, 0.5, 0.5, 0.5]])
+    y = np.array([1, 2, 3])
+    np.testing.assert_array_equal(true_class_rank(scores, y), [0, 1, 3])
+    # rank 0 is exactly argmax (numpy's argmax also takes the first maximum)
+    assert (true_class_rank(scores, y) == 0).tolist() == (scores.argmax(axis=1) == y).tolist()
+    assert top_k_accuracy(scores, y, 1) == pytest.approx(1 / 3)
+    assert classification_metrics(scores, y)["acc1"] == pytest.approx(1 / 3)
+
+
+def test_rank_zero_equals_argmax_on_quantised_scores(rng):
+    scores = rng.integers(0, 3, (500, 6)).astype(float)  # many ties
+    y = rng.integers(0, 6, 500)
+    np.testing.assert_array_equal(true_class_rank(scores, y) == 0, scores.argmax(axis=1) == y)
+
+
+def test_mean_per_class_recall_matches_balanced_accuracy(rng):
+    n, c = 400, 7
+    y = rng.choice(c, n, p=[0.4, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05])  # imbalanced
+    pred = np.where(rng.random(n) < 0.6, y, rng.integers(0, c, n))
+    expected = skm.balanced_accuracy_score(y, pred)
+    assert mean_per_class_recall(y, pred, c) == pytest.approx(expected, abs=1e-12)
+    assert mean_per_class_recall(y, pred, c) != pytest.approx((y == pred).mean(), abs=1e-3)
+
+
+def test_mean_per_class_recall_ignores_classes_absent_from_y():
+    y = np.array([0, 0, 1, 1])
+    pred = np.array([0, 2, 1, 1])  # class 2 predicted but never true
+    with warnings.catch_warnings():  # sklearn warns about the absent class, then drops it too
+        warnings.simplefilter("ignore")
+        expected = skm.balanced_accuracy_score(y, pred)
+    assert mean_per_class_recall(y, pred, 3) == pytest.approx(expected) == pytest.approx(0.75)
+
+
+def test_confusion_matrix_matches_sklearn(rng):
+    c = 6
+    y, pred = rng.integers(0, c, 200), rng.integers(0, c, 200)
+    np.testing.assert_array_equal(confusion_matrix(y, pred, c), skm.confusion_matrix(y, pred, labels=np.arange(c)))
+
+
+def test_classification_metrics_ignores_unlabelled_rows(rng):
+    scores, y = _random_problem(rng, n=120, c=8)
+    y_partial = y.copy()
+    y_partial[::3] = -1
+    keep = y_partial >= 0
+    got = classification_metrics(scores, y_partial)
+    want = classification_metrics(scores[keep], y[keep])
+    assert got == want
+    assert got["n"] == keep.sum()
+    assert got["acc1"] == pytest.approx(skm.accuracy_score(y[keep], scores[keep].argmax(axis=1)))
+    np.testing.assert_array_equal(got["confusion_matrix"],
+                                  skm.confusion_matrix(y[keep], scores[keep].argmax(axis=1), labels=np.arange(8)))
+
+
+def test_classification_metrics_all_unlabelled_raises():
+    with pytest.raises(ValueError, match="-1"):
+        classification_metrics(np.zeros((3, 4)), np.full(3, -1))
+
+
+def test_classification_metrics_label_out_of_range_raises():
+    with pytest.raises(ValueError, match="only 4 classes"):
+        classification_metrics(np.zeros((3, 4)), np.array([0, 1, 4]))
+
+
+@pytest.mark.parametrize("n_classes", [3, 200])
+def test_plot_confusion_matrix_writes_a_png(tmp_path, rng, n_classes):
+    y = rng.integers(0, n_classes, 1000)
+    cm = confusion_matrix(y, np.where(rng.random(1000) < 0.5, y, 0), n_classes)
+    path = tmp_path / "cm.png"
+    plot_confusion_matrix(cm, [f"class {i}" for i in range(n_classes)], path, title="test")
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        img.load()
+        assert img.width >= n_classes and img.height >= n_classes
+        assert len(img.getcolors(maxcolors=1 << 16) or range(3)) > 2  # not a blank canvas
