@@ -17,7 +17,7 @@ import numpy as np
 
 from .backbone import Backbone
 from .datasets import Dataset, decode_raw, open_dataset
-from .features import MANIFEST, FeatureSet, ShardStore
+from .features import FeatureSet, ShardStore, read_manifest
 from .images import BadImage
 
 
@@ -87,12 +87,8 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *, cache_d
         dataset = open_dataset(dataset)
     signature = {**dataset.signature(), "transform": backbone.transform.fingerprint()}
     folder = _cache_folder(Path(cache_dir) if cache_dir else default_cache_dir(), backbone, signature)
-    if (folder / MANIFEST).is_file():
-        try:
-            return FeatureSet.load(folder, fingerprint=backbone.fingerprint)
-        except ValueError as exc:
-            if "unfinished" not in str(exc):
-                raise
+    if read_manifest(folder).get("complete"):
+        return FeatureSet.load(folder, fingerprint=backbone.fingerprint)
     from torch.utils.data import DataLoader
 
     batch_size = batch_size or default_batch_size(backbone.device)
@@ -103,33 +99,30 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *, cache_d
     batch_size, shard_size = store.manifest["batch_size"], store.manifest["shard_size"]  # a resume keeps the original
     n = len(dataset)
     n_shards = -(-n // shard_size)
-    pending = [s for s in range(n_shards) if not store.done(s)]
-    batches = [list(range(start, min(start + batch_size, (s + 1) * shard_size, n)))
-               for s in pending for start in range(s * shard_size, min((s + 1) * shard_size, n), batch_size)]
+    plan = {shard: [list(range(lo, min(lo + batch_size, (shard + 1) * shard_size, n)))
+                    for lo in range(shard * shard_size, min((shard + 1) * shard_size, n), batch_size)]
+            for shard in range(n_shards) if not store.done(shard)}
+    backbone.model  # build the network before workers fork and before the progress bar starts timing
     workers = default_num_workers(backbone.device) if num_workers is None else num_workers
     on_gpu = str(backbone.device).startswith("cuda")
     loader = DataLoader(
-        _Decoded(dataset, backbone.transform), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-        pin_memory=on_gpu, prefetch_factor=4 if workers else None, worker_init_fn=None if on_gpu else _lower_priority,
+        _Decoded(dataset, backbone.transform), batch_sampler=[b for batches in plan.values() for b in batches],
+        num_workers=workers, collate_fn=_collate, pin_memory=on_gpu, prefetch_factor=4 if workers else None,
+        worker_init_fn=None if on_gpu else _lower_priority,
     )
-    done_before = sum(store.manifest["shards"].values())
-    bar = _progress(total=n, initial=done_before + len(store.manifest["failed"]), enabled=progress and bool(batches),
-                    desc=f"encoding {Path(dataset.location).name}")
-    shard_feats, shard_rows, shard_failed = [], [], {}
-    current = pending[0] if pending else None
-    for batch, rows, failed in loader:
-        if batch is not None:
-            shard_feats.append(backbone.encode_images(batch).cpu().numpy())
-            shard_rows.append(rows)
-        shard_failed.update({dataset.ids[i]: reason for i, reason in failed})
-        bar.update(len(rows) + len(failed))
-        last = max([*rows.tolist(), *(i for i, _ in failed)])
-        if last + 1 >= min((current + 1) * shard_size, n):  # this batch closed the shard
-            features = np.concatenate(shard_feats) if shard_feats else np.zeros((0, backbone.embed_dim), np.float32)
-            ids_rows = np.concatenate(shard_rows) if shard_rows else np.zeros(0, np.int64)
-            store.write_shard(current, ids_rows, features, shard_failed)
-            shard_feats, shard_rows, shard_failed = [], [], {}
-            current = next((s for s in pending if s > current), None)
+    bar = _progress(total=n, initial=n - sum(map(len, (b for bs in plan.values() for b in bs))),
+                    enabled=progress and bool(plan), desc=f"encoding {Path(dataset.location).name}")
+    decoded = iter(loader)
+    for shard, batches in plan.items():
+        features, rows, failed = [np.zeros((0, backbone.embed_dim), np.float32)], [np.zeros(0, np.int64)], {}
+        for _ in batches:
+            batch, good, bad = next(decoded)
+            if batch is not None:
+                features.append(backbone.encode_images(batch).cpu().numpy())
+                rows.append(good)
+            failed.update({dataset.ids[i]: reason for i, reason in bad})
+            bar.update(len(good) + len(bad))
+        store.write_shard(shard, np.concatenate(rows), np.concatenate(features), failed)
     bar.close()
     result = store.finish(n_shards, dataset.labels, dataset.ids, {
         "fingerprint": backbone.fingerprint, "backbone": backbone.name, "dataset": signature,

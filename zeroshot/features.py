@@ -36,6 +36,12 @@ def atomic_write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def read_manifest(folder: Path) -> dict:
+    """A store's manifest, or {} when there is none yet."""
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
@@ -107,10 +113,9 @@ class FeatureSet:
     def load(cls, folder: str | os.PathLike, *, fingerprint: str | None = None, mmap: bool = True) -> "FeatureSet":
         """Read a saved set (memory-mapped). ``fingerprint`` refuses a set made by another backbone."""
         folder = Path(folder)
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
+        meta = read_manifest(folder)
+        if not meta:
             raise FileNotFoundError(f"no feature set in {folder} ({MANIFEST} missing)")
-        meta = json.loads(manifest_path.read_text())
         if not meta.get("complete"):
             raise ValueError(f"{folder} holds an unfinished extraction: rerun extract() to resume it")
         if fingerprint is not None and meta.get("fingerprint") != fingerprint:
@@ -129,9 +134,8 @@ class ShardStore:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         header = json.loads(json.dumps(header))  # compare like with like: tuples come back from JSON as lists
-        path = self.folder / MANIFEST
-        if path.is_file():
-            manifest = json.loads(path.read_text())
+        manifest = read_manifest(self.folder)
+        if manifest:
             if manifest.get("fingerprint") != header["fingerprint"]:
                 raise ValueError(f"cache {self.folder} belongs to backbone {manifest.get('fingerprint')}, "
                                  f"not {header['fingerprint']}: use another cache_dir or delete this folder")
@@ -139,7 +143,7 @@ class ShardStore:
                 raise ValueError(f"cache {self.folder} was made from other data; delete it to re-extract")
         else:
             manifest = {**header, "version": FORMAT_VERSION, "complete": False, "shards": {}, "failed": {}}
-            atomic_write_json(path, manifest)
+            atomic_write_json(self.folder / MANIFEST, manifest)
         self.manifest = manifest
 
     @property
