@@ -219,3 +219,23 @@ def test_cli_eval_errors_say_what_to_fix(tiny_model_dir, cifar_slice, tmp_path, 
 
 def test_dataset_order_is_deterministic(messy_folder):
     assert open_dataset(messy_folder).ids == open_dataset(messy_folder).ids
+
+
+def test_cli_extract_saves_a_loadable_feature_set(tiny_model_dir, cifar_slice, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "zeroshot.cli", "extract", str(cifar_slice), "--model", str(tiny_model_dir),
+         "--cache-dir", str(tmp_path / "c"), "--output", str(tmp_path / "fs"), "--quiet", "--device", "cpu",
+         "--batch-size", "48", "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["n"] == 240 and summary["dim"] == 32 and summary["failed"] == {}
+    saved = FeatureSet.load(tmp_path / "fs", fingerprint=summary["fingerprint"])
+    assert saved.features.shape == (240, 32) and saved.classes[0] == "airplane"
+
+
+def test_cli_without_a_model_says_how_to_give_one(cifar_slice, tmp_path, monkeypatch):
+    monkeypatch.delenv("ZEROSHOT_MODEL", raising=False)
+    proc = subprocess.run([sys.executable, "-m", "zeroshot.cli", "extract", str(cifar_slice), "--quiet"],
+                          capture_output=True, text=True, timeout=120, env={k: v for k, v in os.environ.items()
+                                                                            if k != "ZEROSHOT_MODEL"})
+    assert proc.returncode != 0 and "--model" in proc.stderr
