@@ -317,7 +317,9 @@ def open_dataset(spec: str | os.PathLike | list) -> Dataset:
     if _BRACE.search(text) or _is_tar_name(path.name):
         return TarShards(text)
     if path.is_dir():
-        if any(_is_tar_name(p.name) for p in path.iterdir()) and not any(p.is_dir() for p in path.iterdir()):
+        entries = list(path.iterdir())
+        if any(_is_tar_name(p.name) for p in entries) and not any(
+                p.is_dir() or _is_image_name(p.name) for p in entries):
             return TarShards(path)
         return ImageFolder(path)
     if not path.exists():

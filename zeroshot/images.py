@@ -43,6 +43,7 @@ def open_image(source: str | os.PathLike | bytes, draft_size: int | None = None)
             img = Image.open(fp)
             width, height = img.size
             if width * height > MAX_PIXELS:
+                img.close()
                 raise BadImage(f"image too large: {width}x{height} exceeds {MAX_PIXELS} pixels")
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
