@@ -302,7 +302,8 @@ class ImageFiles(_FileDataset):
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"image files not found: {missing[:5]}")
-        super().__init__(paths, [str(p) for p in paths], [-1] * len(paths), None, ",".join(map(str, paths))[:500])
+        folder = os.path.commonpath([str(p.resolve().parent) for p in paths]) if paths else ""
+        super().__init__(paths, [str(p) for p in paths], [-1] * len(paths), None, folder)
 
 
 def open_dataset(spec: str | os.PathLike | list) -> Dataset:

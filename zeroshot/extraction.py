@@ -69,6 +69,30 @@ def _collate(items):
     return batch, np.array([i for _, i in good], dtype=np.int64), failed
 
 
+def decode_all(dataset: Dataset, transform, *, batch_size: int = 256, num_workers: int | None = None,
+               progress: bool = True):
+    """Decode a whole dataset into one uint8 (N, 3, S, S) tensor (for training). Returns (images, rows kept,
+    failed id -> reason); undecodable files are skipped, as in :func:`extract`."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    workers = default_num_workers("cpu") if num_workers is None else num_workers
+    loader = DataLoader(_Decoded(dataset, transform), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate)
+    bar = _progress(len(dataset), 0, progress, f"decoding {Path(dataset.location).name}")
+    images, rows, failed = [], [], {}
+    for batch, good, bad in loader:
+        if batch is not None:
+            images.append(batch)
+            rows.append(good)
+        failed.update({dataset.ids[i]: reason for i, reason in bad})
+        bar.update(len(good) + len(bad))
+    bar.close()
+    size = transform.size
+    return (torch.cat(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8),
+            np.concatenate(rows) if rows else np.zeros(0, np.int64), failed)
+
+
 def _cache_folder(cache_dir: Path, backbone: Backbone, signature: dict) -> Path:
     key = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / backbone.fingerprint / "images" / key

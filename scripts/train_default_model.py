@@ -1,0 +1,127 @@
+"""Train the offline default model: a timm image tower aligned (LiT-style) to the locked all-MiniLM-L6-v2 text tower.
+
+Data: the shared Tiny ImageNet train shards (50,000 images, captions = templates x WordNet synonyms of the class)
+and Flickr8k (its first 800 images with their captions; the last 200 are held out, and text-to-image recall@5 on
+them picks the checkpoint). No CIFAR-10, MNIST or DTD image is read here: those measure zero-shot transfer.
+
+    python scripts/train_default_model.py --out runs/default [--minutes 50] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zeroshot.align import AlignConfig, Aligner, Targets
+from zeroshot.backbone import _quiet_model_loading, create_untrained_folder, load_backbone, timm_text_pair_config
+from zeroshot.datasets import ImageFiles, TarShards
+from zeroshot.extraction import decode_all
+from zeroshot.images import ImageTransform
+from zeroshot.prompts import load_card
+
+TEMPLATES = load_card("cifar10").templates + [  # generic photo templates + CLIP's 7 forward-selected ImageNet ones
+    "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
+    "art of the {}.", "a photo of the small {}.", "{}"]
+FLICKR_TRAIN = 800
+
+
+def flickr(data: Path):
+    """(train image paths, their captions, held-out paths, held-out captions), split by sorted image id."""
+    captions: dict[str, list[str]] = {}
+    with open(data / "flickr8k_1k" / "captions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            captions.setdefault(row["image"], []).append(row["caption"].strip())
+    names = sorted(captions)
+    paths = [data / "flickr8k_1k" / "images" / n for n in names]
+    split = FLICKR_TRAIN
+    return paths[:split], [captions[n] for n in names[:split]], paths[split:], [captions[n] for n in names[split:]]
+
+
+def recall_at_k(image_features: torch.Tensor, text_features: torch.Tensor, owner: np.ndarray, k: int = 5) -> float:
+    """Text-to-image recall@k: share of captions whose own image is among the k most similar images."""
+    top = (text_features @ image_features.T).topk(k, dim=1).indices.numpy()
+    return float((top == owner[:, None]).any(axis=1).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--out", default="runs/default")
+    parser.add_argument("--tower", default="resnet10t")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--minutes", type=float, default=50, help="training-loop budget (the whole script: ~+6)")
+    parser.add_argument("--limit", type=int, default=None, help="use only this many Tiny ImageNet images (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    data, out = Path(args.data), Path(args.out)
+    cfg = timm_text_pair_config(args.tower, args.size)
+    init = create_untrained_folder(out / "init", cfg, seed=args.seed)
+    backbone = load_backbone(init, device="cpu")
+    transform = ImageTransform(size=args.size)
+    print(f"seed {args.seed}, tower {args.tower}@{args.size}, initial fingerprint {backbone.fingerprint}")
+
+    tin = TarShards(data / "tinyimagenet" / "train-{000000..000009}.tar.gz")
+    detail = json.loads((data / "tinyimagenet" / "classes_detail.json").read_text())
+    train_paths, train_caps, val_paths, val_caps = flickr(data)
+    tin_images, tin_rows, tin_failed = decode_all(tin, transform)
+    fl_images, fl_rows, fl_failed = decode_all(ImageFiles(train_paths), transform)
+    if args.limit:
+        tin_images, tin_rows = tin_images[: args.limit], tin_rows[: args.limit]
+    for name, failed in (("tiny imagenet", tin_failed), ("flickr8k", fl_failed)):
+        if failed:
+            print(f"skipped {len(failed)} unreadable {name} image(s): {list(failed)[:5]}")
+
+    # Text side: every class's templates x synonyms, every Flickr caption; encoded once by the locked tower.
+    class_prompts = [[t.format(s.strip()) for s in d["synonyms"].split(",") if s.strip() for t in TEMPLATES]
+                     for d in detail]
+    texts = [p for group in class_prompts for p in group] + [c for caps in train_caps for c in caps]
+    embeddings = torch.as_tensor(backbone.encode_texts(texts))
+    bounds = np.cumsum([0] + [len(g) for g in class_prompts])
+    labels = tin.labels[tin_rows]
+    flickr_bounds = bounds[-1] + np.cumsum([0] + [len(c) for c in train_caps])
+    starts = np.concatenate([bounds[labels], flickr_bounds[:-1][fl_rows]])
+    stops = np.concatenate([bounds[labels + 1], flickr_bounds[1:][fl_rows]])
+    offsets = np.concatenate([[0], np.cumsum(stops - starts)])
+    indices = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
+    targets = Targets(embeddings, offsets, indices, np.concatenate([labels, np.full(len(fl_rows), -1)]))
+    images = torch.cat([tin_images, fl_images])
+    print(f"{len(images)} training images ({len(tin_images)} Tiny ImageNet, {len(fl_images)} Flickr8k), "
+          f"{len(texts)} captions, prepared in {time.perf_counter() - start:.0f} s")
+
+    val_images, _, _ = decode_all(ImageFiles(val_paths), transform, progress=False)
+    val_text = torch.as_tensor(backbone.encode_texts([c for caps in val_caps for c in caps]))
+    owner = np.repeat(np.arange(len(val_caps)), [len(c) for c in val_caps])
+
+    def validate(tower) -> float:
+        feats = torch.nn.functional.normalize(tower(transform.normalize(val_images)).float(), dim=-1)
+        return recall_at_k(feats, val_text, owner, 5)
+
+    model = backbone.model
+    config = AlignConfig(epochs=args.epochs, seed=args.seed, max_minutes=args.minutes)
+    aligner = Aligner(model.visual, transform, config, out / "train")
+    with _quiet_model_loading():
+        summary = aligner.fit(images, targets, validate=validate)
+    aligner.load_weights(out / "train" / "best.safetensors")
+    model.logit_scale.data.fill_(float(aligner.log_scale.detach()))
+    from zeroshot.backbone import save_backbone_folder
+
+    folder = save_backbone_folder(model.half(), out / "model", cfg, {"size": args.size},
+                                  exclude_prefixes=("text.transformer.",),
+                                  logit_scale=float(aligner.log_scale.exp().clamp(max=100)))
+    summary["flickr_heldout_recall_at_5"] = summary.pop("best_score")
+    summary["minutes_total"] = round((time.perf_counter() - start) / 60, 1)
+    summary["fingerprint"] = load_backbone(folder, device="cpu").fingerprint
+    (out / "model" / "training.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
