@@ -23,6 +23,7 @@ import numpy as np
 from .images import ImageTransform
 
 CONFIG_FILE = "open_clip_config.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"  # shipped as package data
 WEIGHTS_FILE = "open_clip_model.safetensors"
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -333,16 +334,22 @@ def _load_open_clip(name: str, pretrained: str | None, device: str, precision: s
     )
 
 
-def load_backbone(spec: str | os.PathLike, pretrained: str | None = None, *, device: str | None = None,
+def load_backbone(spec: str | os.PathLike = "default", pretrained: str | None = None, *, device: str | None = None,
                   precision: str = "fp32", decode: str = "exact") -> Backbone:
     """Load a backbone from ``spec``.
 
+    - ``"default"``: the small model shipped inside the package (offline);
     - a folder (or ``local-dir:FOLDER``) with ``open_clip_config.json`` + ``open_clip_model.safetensors``;
     - an open_clip name, optionally ``NAME/PRETRAINED`` or with ``pretrained=`` a tag or a weights file
       (tags download from the hub: that is the only networked path, and it is explicit);
     - ``hf-hub:org/repo`` (networked, explicit).
     """
     text = str(spec)
+    if text == "default":
+        if not (DEFAULT_MODEL_DIR / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"this installation has no default model in {DEFAULT_MODEL_DIR}: pass --model "
+                                    "(a model folder or an open_clip name)")
+        return _load_folder(DEFAULT_MODEL_DIR, device, precision, decode)
     if text.startswith("local-dir:"):
         return _load_folder(Path(text[len("local-dir:"):]).expanduser(), device, precision, decode)
     if Path(text).expanduser().is_dir():

@@ -13,8 +13,9 @@ import numpy as np
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=os.environ.get("ZEROSHOT_MODEL"),
-                   help="model folder, local-dir:PATH, or open_clip NAME[/PRETRAINED] (default: $ZEROSHOT_MODEL)")
+    p.add_argument("--model", default=os.environ.get("ZEROSHOT_MODEL", "default"),
+                   help="model folder, local-dir:PATH, open_clip NAME[/PRETRAINED], or 'default' (the shipped "
+                        "offline model; $ZEROSHOT_MODEL overrides)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--decode", default="exact", choices=["exact", "draft"],
@@ -28,8 +29,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _backbone(args):
     from . import load_backbone
 
-    if not args.model:
-        sys.exit("error: no model given: pass --model (a model folder or an open_clip name) or set ZEROSHOT_MODEL")
     return load_backbone(args.model, device=args.device, precision=args.precision, decode=args.decode)
 
 
