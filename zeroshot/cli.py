@@ -112,6 +112,20 @@ def cmd_eval(args) -> None:
     _report_failed(fs)
 
 
+def cmd_distill(args) -> None:
+    from . import load_backbone
+    from .distill import distill
+
+    teacher = load_backbone(args.teacher, device=args.device, precision=args.precision)
+    student = distill(teacher, args.data, args.out, student=args.student, image_size=args.image_size,
+                      loss=args.loss, epochs=args.epochs, batch_size=args.batch_size or 64, seed=args.seed,
+                      max_minutes=args.minutes, cache_dir=args.cache_dir, progress=not args.quiet)
+    report = json.loads((Path(args.out) / "model" / "distillation.json").read_text())
+    print(json.dumps({"student": str(Path(args.out) / "model"), "fingerprint": student.fingerprint,
+                      "teacher_fingerprint": teacher.fingerprint, "held_out_cosine": report["held_out_cosine"],
+                      "minutes": round(report["seconds"] / 60, 1)}, indent=1))
+
+
 def _report_failed(fs) -> None:
     if fs.failed:
         print(f"skipped {len(fs.failed)} file(s) that could not be decoded:", file=sys.stderr)
@@ -145,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output folder (default: ./eval)")
     _add_model_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("distill", help="distil a teacher's image tower into a small timm student")
+    p.add_argument("--teacher", default=os.environ.get("ZEROSHOT_MODEL", "default"))
+    p.add_argument("--student", default="mobilenetv3_small_100", help="timm model name")
+    p.add_argument("--data", required=True, help="unlabelled training images (any dataset kind)")
+    p.add_argument("--out", required=True, help="output folder; the student is written to OUT/model")
+    p.add_argument("--image-size", type=int, default=None, help="student input size (default: the teacher's)")
+    p.add_argument("--loss", default="cosine", choices=["cosine", "l1"])
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_distill)
     return parser
 
 
