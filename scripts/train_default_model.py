@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from zeroshot.align import AlignConfig, Aligner, Targets
-from zeroshot.backbone import _quiet_model_loading, create_untrained_folder, load_backbone, timm_text_pair_config
+from zeroshot.backbone import (
+    create_untrained_folder, load_backbone, quiet_model_loading, save_backbone_folder, timm_text_pair_config,
+)
 from zeroshot.datasets import ImageFiles, TarShards
 from zeroshot.extraction import decode_all
 from zeroshot.images import ImageTransform
@@ -107,12 +109,10 @@ def main() -> None:
     model = backbone.model
     config = AlignConfig(epochs=args.epochs, seed=args.seed, max_minutes=args.minutes)
     aligner = Aligner(model.visual, transform, config, out / "train")
-    with _quiet_model_loading():
+    with quiet_model_loading():
         summary = aligner.fit(images, targets, validate=validate)
     aligner.load_weights(out / "train" / "best.safetensors")
     model.logit_scale.data.fill_(float(aligner.log_scale.detach()))
-    from zeroshot.backbone import save_backbone_folder
-
     folder = save_backbone_folder(model.half(), out / "model", cfg, {"size": args.size},
                                   exclude_prefixes=("text.transformer.",),
                                   logit_scale=float(aligner.log_scale.exp().clamp(max=100)))

@@ -134,7 +134,7 @@ class Backbone:
     # --- the network, built on first use --------------------------------------------------------------------
     @cached_property
     def _parts(self):
-        with _quiet_model_loading():
+        with quiet_model_loading():
             model, tokenizer = self.build()
         model = model.to(self.device).eval()
         visual = _fast_image_tower(model.visual, self.device)
@@ -192,7 +192,7 @@ class Backbone:
 
 
 @contextlib.contextmanager
-def _quiet_model_loading():
+def quiet_model_loading():
     """Silence expected noise while building: transformers' load report (it lists the unused BERT pooler as
     "UNEXPECTED") and open_clip's "initialized partially" warning for a text tower loaded from its package."""
     import transformers
@@ -248,7 +248,8 @@ def _transform_from(preprocess_cfg: dict, decode: str) -> ImageTransform:
     )
 
 
-def _resolved_text_cfg(model_cfg: dict) -> dict:
+def resolved_text_cfg(model_cfg: dict) -> dict:
+    """A copy of ``text_cfg`` with offline text-tower aliases replaced by their installed folders."""
     text_cfg = dict(model_cfg.get("text_cfg", {}))
     for key in ("hf_model_name", "hf_tokenizer_name"):
         if key in text_cfg:
@@ -256,7 +257,8 @@ def _resolved_text_cfg(model_cfg: dict) -> dict:
     return text_cfg
 
 
-def _text_tower_from_package(model_cfg: dict) -> bool:
+def text_tower_from_package(model_cfg: dict) -> bool:
+    """True when the text tower's weights come from an installed package, not from the model folder."""
     return model_cfg.get("text_cfg", {}).get("hf_model_name") in OFFLINE_TEXT_TOWERS
 
 
@@ -284,7 +286,7 @@ def _load_folder(folder: Path, device: str, precision: str, decode: str) -> Back
     preprocess_cfg = dict(config.get("preprocess_cfg", {}))
     preprocess_cfg.setdefault("size", model_cfg.get("vision_cfg", {}).get("image_size", 224))
     digest = sha256_file(weights_path)
-    text_from_package = _text_tower_from_package(model_cfg)
+    text_from_package = text_tower_from_package(model_cfg)
     if text_from_package:
         digest += "+text:" + sha256_file(Path(resolve_text_tower(model_cfg["text_cfg"]["hf_model_name"])) / "model.safetensors")
 
@@ -292,7 +294,7 @@ def _load_folder(folder: Path, device: str, precision: str, decode: str) -> Back
         import open_clip
         from safetensors.torch import load_file
 
-        text_cfg = _resolved_text_cfg(model_cfg)
+        text_cfg = resolved_text_cfg(model_cfg)
         if "hf_model_name" in text_cfg:
             text_cfg["hf_model_pretrained"] = text_from_package
         model = open_clip.create_model(f"local-dir:{folder}", load_weights=False, text_cfg=text_cfg)
@@ -409,12 +411,12 @@ def create_untrained_folder(folder: str | os.PathLike, model_cfg: dict, *, seed:
     import torch
 
     torch.manual_seed(seed)
-    text_cfg = _resolved_text_cfg(model_cfg)
+    text_cfg = resolved_text_cfg(model_cfg)
     if "hf_model_name" in text_cfg:
         text_cfg["hf_model_pretrained"] = True
     cls = open_clip.CustomTextCLIP if "hf_model_name" in text_cfg else open_clip.CLIP
-    with _quiet_model_loading():
+    with quiet_model_loading():
         model = cls(**{**model_cfg, "text_cfg": text_cfg})
-    exclude = ("text.transformer.",) if _text_tower_from_package(model_cfg) else ()
+    exclude = ("text.transformer.",) if text_tower_from_package(model_cfg) else ()
     size = model_cfg["vision_cfg"].get("image_size", 224)
     return save_backbone_folder(model, folder, model_cfg, {"size": size}, exclude_prefixes=exclude)

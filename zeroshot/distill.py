@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from .align import AlignConfig, Aligner, Targets
 from .backbone import (
-    CONFIG_FILE, Backbone, _quiet_model_loading, _resolved_text_cfg, _text_tower_from_package, load_backbone,
-    save_backbone_folder,
+    CONFIG_FILE, Backbone, load_backbone, quiet_model_loading, resolved_text_cfg, save_backbone_folder,
+    text_tower_from_package,
 )
 from .datasets import Dataset, open_dataset
 from .extraction import decode_all, extract
@@ -99,18 +99,18 @@ def _save_student(teacher: Backbone, tower, student: str, size: int, transform: 
     model_cfg = dict(teacher.model_config)
     model_cfg["vision_cfg"] = {"timm_model_name": student, "timm_model_pretrained": False, "timm_pool": "avg",
                                "timm_proj": "linear", "image_size": size}
-    text_cfg = _resolved_text_cfg(model_cfg)
+    text_cfg = resolved_text_cfg(model_cfg)
     if "hf_model_name" in text_cfg:
-        text_cfg["hf_model_pretrained"] = _text_tower_from_package(model_cfg)
+        text_cfg["hf_model_pretrained"] = text_tower_from_package(model_cfg)
     cls = open_clip.CustomTextCLIP if "hf_model_name" in text_cfg or model_cfg.get("custom_text") else open_clip.CLIP
-    with _quiet_model_loading():
+    with quiet_model_loading():
         model = cls(**{k: v for k, v in {**model_cfg, "text_cfg": text_cfg}.items() if k != "custom_text"})
     teacher_state = {k: v for k, v in teacher.model.state_dict().items() if not k.startswith("visual.")}
     missing = [k for k in model.load_state_dict(teacher_state, strict=False).missing_keys if not k.startswith("visual.")]
     if missing:
         raise ValueError(f"the teacher's text tower does not fit the student model: missing {missing[:5]}")
     model.visual.load_state_dict(tower.state_dict())
-    exclude = ("text.transformer.",) if _text_tower_from_package(model_cfg) else ()
+    exclude = ("text.transformer.",) if text_tower_from_package(model_cfg) else ()
     save_backbone_folder(model, folder, model_cfg, {"size": size, "mean": list(transform.mean),
                                                    "std": list(transform.std)},
                          exclude_prefixes=exclude, logit_scale=teacher.logit_scale)
