@@ -32,3 +32,11 @@ def test_tiny_student_lives_in_the_teacher_space(tiny_backbone, tmp_path):
     np.testing.assert_allclose(student.encode_texts(texts), tiny_backbone.encode_texts(texts), atol=1e-6)
     report = json.loads((tmp_path / "student" / "model" / "distillation.json").read_text())
     assert report["images"] == 160 and -1 <= report["held_out_cosine"] <= 1
+
+
+def test_students_with_a_conv_head_after_pooling_are_refused(tiny_backbone, tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="conv head after pooling"):
+        distill(tiny_backbone, shared("dtd10", "all"), tmp_path, student="mobilenetv3_small_050", epochs=1,
+                cache_dir=tmp_path / "cache", progress=False)

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distil a teacher's image tower into a small timm student")
     p.add_argument("--teacher", default=os.environ.get("ZEROSHOT_MODEL", "default"))
-    p.add_argument("--student", default="mobilenetv3_small_100", help="timm model name")
+    p.add_argument("--student", default="mobilenetv2_050", help="timm model name")
     p.add_argument("--data", required=True, help="unlabelled training images (any dataset kind)")
     p.add_argument("--out", required=True, help="output folder; the student is written to OUT/model")
     p.add_argument("--image-size", type=int, default=None, help="student input size (default: the teacher's)")

@@ -35,7 +35,7 @@ def ridge_projection(features: torch.Tensor, targets: torch.Tensor, ridge: float
 
 
 def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str | os.PathLike, *,
-            student: str = "mobilenetv3_small_100", image_size: int | None = None, loss: str = "cosine",
+            student: str = "mobilenetv2_050", image_size: int | None = None, loss: str = "cosine",
             epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, max_minutes: float | None = None,
             holdout: float = 0.05, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Backbone:
     """Train ``student`` on ``data`` (labels unused) to reproduce ``teacher``'s image embeddings; returns it loaded."""
@@ -43,8 +43,16 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
 
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
     out = Path(out_dir)
-    teacher_features = extract(teacher, dataset, cache_dir=cache_dir, progress=progress)
     size = image_size or teacher.transform.size
+    torch.manual_seed(seed)
+    tower = TimmModel(student, embed_dim=teacher.embed_dim, image_size=size, pool="avg", proj="linear")
+    pooled_width = getattr(tower.trunk, "head_hidden_size", None) or tower.trunk.num_features
+    if pooled_width != tower.trunk.num_features:
+        raise ValueError(f"{student} has a conv head after pooling ({tower.trunk.num_features} -> {pooled_width} "
+                         "features), which open_clip's timm tower does not project correctly; choose a student "
+                         "without one, e.g. mobilenetv2_050, resnet10t or efficientnet_b0")
+
+    teacher_features = extract(teacher, dataset, cache_dir=cache_dir, progress=progress)
     transform = ImageTransform(size=size, mean=teacher.transform.mean, std=teacher.transform.std)
     images, rows, _ = decode_all(dataset, transform, progress=progress)
     position = {i: k for k, i in enumerate(teacher_features.ids)}
@@ -52,8 +60,6 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     images = images[keep]
     targets = torch.as_tensor(np.asarray(teacher_features.features)[[position[dataset.ids[rows[k]]] for k in keep]])
 
-    torch.manual_seed(seed)
-    tower = TimmModel(student, embed_dim=teacher.embed_dim, image_size=size, pool="avg", proj="linear")
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = max(1, int(holdout * len(images)))
     val, train = order[:n_val], np.sort(order[n_val:])
