@@ -194,11 +194,13 @@ class Backbone:
 @contextlib.contextmanager
 def quiet_model_loading():
     """Silence expected noise while building: transformers' load report (it lists the unused BERT pooler as
-    "UNEXPECTED") and open_clip's "initialized partially" warning for a text tower loaded from its package."""
+    "UNEXPECTED") and progress bar, and open_clip's "initialized partially" warning for a packaged text tower."""
     import transformers
 
     previous = transformers.logging.get_verbosity()
+    bars_were_on = transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # its per-load "Loading weights" bar
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
@@ -207,6 +209,8 @@ def quiet_model_loading():
     finally:
         root.setLevel(level)
         transformers.logging.set_verbosity(previous)
+        if bars_were_on:
+            transformers.logging.enable_progress_bar()
 
 
 def _fast_image_tower(visual, device: str):
