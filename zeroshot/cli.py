@@ -12,18 +12,23 @@ from pathlib import Path
 import numpy as np
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Options every command that runs a model shares."""
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: $ZEROSHOT_CACHE or ~/.cache/zeroshot)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=os.environ.get("ZEROSHOT_MODEL", "default"),
                    help="model folder, local-dir:PATH, open_clip NAME[/PRETRAINED], or 'default' (the shipped "
                         "offline model; $ZEROSHOT_MODEL overrides)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--decode", default="exact", choices=["exact", "draft"],
                    help="draft: JPEG DCT-scaled decoding, faster, pixels differ slightly (own cache)")
-    p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="DataLoader decode workers")
-    p.add_argument("--cache-dir", default=None, help="feature cache (default: $ZEROSHOT_CACHE or ~/.cache/zeroshot)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_args(p)
 
 
 def _backbone(args):
@@ -170,11 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--quiet", action="store_true")
+    _add_run_args(p)
     p.set_defaults(func=cmd_distill)
     return parser
 
