@@ -7,12 +7,16 @@ import json
 import os
 import sys
 import time
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
 
+# Modules outside this file that contribute sub-commands (few-shot, OOD, retrieval).
+COMMAND_MODULES: tuple[str, ...] = ()
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
     """Options every command that runs a model shares."""
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -21,30 +25,30 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=os.environ.get("ZEROSHOT_MODEL", "default"),
                    help="model folder, local-dir:PATH, open_clip NAME[/PRETRAINED], or 'default' (the shipped "
                         "offline model; $ZEROSHOT_MODEL overrides)")
     p.add_argument("--decode", default="exact", choices=["exact", "draft"],
                    help="draft: JPEG DCT-scaled decoding, faster, pixels differ slightly (own cache)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader decode workers")
-    _add_run_args(p)
+    add_run_args(p)
 
 
-def _backbone(args):
+def backbone_from_args(args):
     from . import load_backbone
 
     return load_backbone(args.model, device=args.device, precision=args.precision, decode=args.decode)
 
 
-def _extract(args, backbone, data):
+def extract_from_args(args, backbone, data):
     from . import default_cache_dir, extract
 
     return extract(backbone, data, cache_dir=args.cache_dir or default_cache_dir(), batch_size=args.batch_size,
                    num_workers=args.workers, progress=not args.quiet)
 
 
-def _classes_and_templates(args, dataset_classes=None):
+def classes_and_templates(args, dataset_classes=None):
     from . import load_card
 
     if args.classes:
@@ -61,14 +65,14 @@ def _classifier(args, backbone, dataset_classes=None):
     from . import class_embeddings, default_cache_dir
     from .heads import ZeroShotClassifier
 
-    names, templates = _classes_and_templates(args, dataset_classes)
+    names, templates = classes_and_templates(args, dataset_classes)
     W = class_embeddings(backbone, names, templates, cache_dir=args.cache_dir or default_cache_dir())
     return ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(classes=W, class_names=names)
 
 
 def cmd_extract(args) -> None:
-    backbone = _backbone(args)
-    fs = _extract(args, backbone, args.data)
+    backbone = backbone_from_args(args)
+    fs = extract_from_args(args, backbone, args.data)
     if args.output:
         fs.save(args.output)
     print(json.dumps({"n": len(fs), "dim": int(fs.features.shape[1]), "fingerprint": backbone.fingerprint,
@@ -76,8 +80,8 @@ def cmd_extract(args) -> None:
 
 
 def cmd_classify(args) -> None:
-    backbone = _backbone(args)
-    fs = _extract(args, backbone, args.images if len(args.images) > 1 else args.images[0])
+    backbone = backbone_from_args(args)
+    fs = extract_from_args(args, backbone, args.images if len(args.images) > 1 else args.images[0])
     clf = _classifier(args, backbone)
     proba = clf.predict_proba(fs.features)
     k = min(args.top_k, proba.shape[1])
@@ -92,15 +96,15 @@ def cmd_classify(args) -> None:
     if args.output:
         out.close()
         print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
-    _report_failed(fs)
+    report_failed(fs)
 
 
 def cmd_eval(args) -> None:
     from .metrics import classification_metrics, plot_confusion_matrix
 
     start = time.perf_counter()
-    backbone = _backbone(args)
-    fs = _extract(args, backbone, args.dataset)
+    backbone = backbone_from_args(args)
+    fs = extract_from_args(args, backbone, args.dataset)
     clf = _classifier(args, backbone, fs.classes)
     metrics = classification_metrics(clf.decision_function(fs.features), fs.labels)
     out = Path(args.output or "eval")
@@ -114,7 +118,7 @@ def cmd_eval(args) -> None:
     print(json.dumps({k: report[k] for k in ("model", "fingerprint", "dataset", "n", "acc1", "acc5",
                                              "mean_per_class_recall", "seconds")}, indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'confusion_matrix.png'}", file=sys.stderr)
-    _report_failed(fs)
+    report_failed(fs)
 
 
 def cmd_distill(args) -> None:
@@ -131,7 +135,7 @@ def cmd_distill(args) -> None:
                       "minutes": round(report["seconds"] / 60, 1)}, indent=1))
 
 
-def _report_failed(fs) -> None:
+def report_failed(fs) -> None:
     if fs.failed:
         print(f"skipped {len(fs.failed)} file(s) that could not be decoded:", file=sys.stderr)
         for i, reason in fs.failed.items():
@@ -145,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="encode a dataset into a cached FeatureSet")
     p.add_argument("data", help="image folder, .npz, .csv file list, or tar shards")
     p.add_argument("--output", help="also save the FeatureSet to this folder")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("classify", help="zero-shot predictions for images (CSV)")
@@ -154,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", help="dataset card (class names + templates), e.g. cifar10")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--output", help="CSV path (default: stdout)")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("eval", help="zero-shot accuracy on a labelled dataset (metrics.json + confusion PNG)")
@@ -162,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", help="dataset card giving class names and templates")
     p.add_argument("--classes", help="comma-separated class names, in label order")
     p.add_argument("--output", help="output folder (default: ./eval)")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("distill", help="distil a teacher's image tower into a small timm student")
@@ -175,8 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
     p.add_argument("--seed", type=int, default=0)
-    _add_run_args(p)
+    add_run_args(p)
     p.set_defaults(func=cmd_distill)
+
+    for module in COMMAND_MODULES:  # each adds its own sub-commands through add_commands(sub)
+        import_module(f".{module}", __package__).add_commands(sub)
     return parser
 
 
