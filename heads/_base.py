@@ -63,8 +63,9 @@ class Head(BaseEstimator):
         return folder
 
 
-def load_head(folder: str | os.PathLike, *, fingerprint: str | None = None) -> Head:
-    """Load any saved head; ``fingerprint`` refuses a head fitted on another backbone's features."""
+def load_head(folder: str | os.PathLike, *, fingerprint: str | None = None, space: str | None = None) -> Head:
+    """Load any saved head; ``fingerprint`` refuses a head fitted on another backbone's features, ``space`` one
+    fitted in another embedding space (a student shares its teacher's space, see ``Backbone.space``)."""
     from safetensors.numpy import load_file
 
     from . import HEADS
@@ -76,6 +77,10 @@ def load_head(folder: str | os.PathLike, *, fingerprint: str | None = None) -> H
     saved_fp = meta.get("fingerprint")
     if fingerprint is not None and saved_fp is not None and saved_fp != fingerprint:
         raise ValueError(f"{folder} was fitted on features of backbone {saved_fp}, not {fingerprint}")
+    saved_space = meta.get("space")
+    if space is not None and saved_space is not None and saved_space != space:
+        raise ValueError(f"{folder} was fitted in the embedding space {saved_space}, but these features live in "
+                         f"{space}: a student works only with heads and text embeddings of its own teacher")
     head = HEADS[meta["class"]](**meta["params"])
     for k, v in load_file(str(folder / HEAD_WEIGHTS)).items():
         setattr(head, k, v)
@@ -83,4 +88,5 @@ def load_head(folder: str | os.PathLike, *, fingerprint: str | None = None) -> H
         setattr(head, k, v)
     head.n_features_in_ = meta["n_features_in_"]
     head.fingerprint_ = saved_fp
+    head.space_ = saved_space
     return head

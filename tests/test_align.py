@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zeroshot.align import AlignConfig, Aligner, Targets, augment, contrastive_loss, teacher_loss
+from zeroshot.align import (
+    AlignConfig, Aligner, Targets, ViewPlan, apply_view, augment, contrastive_loss, teacher_loss,
+)
 from zeroshot.images import ImageTransform
 
 
@@ -159,3 +161,44 @@ def test_bad_inputs_are_explained(tmp_path):
         aligner.fit(images[:10], targets, progress=False)
     with pytest.raises(ValueError, match="loss must be"):
         AlignConfig(loss="mse")
+
+
+def test_max_steps_stops_there_and_a_later_run_continues_as_if_uninterrupted(tmp_path):
+    images, targets, _ = tiny_problem(16)
+    config = AlignConfig(epochs=2, batch_size=16, warmup_steps=2, checkpoint_every=100)
+    full = Aligner(tiny_tower(), ImageTransform(size=32), config, tmp_path / "full")
+    full.fit(images, targets, progress=False)
+    capped = AlignConfig(**{**config.__dict__, "max_steps": 5})
+    summary = Aligner(tiny_tower(), ImageTransform(size=32), capped, tmp_path / "two").fit(images, targets,
+                                                                                          progress=False)
+    assert summary["steps"] == 5 and summary["stopped_early"]
+    rest = Aligner(tiny_tower(), ImageTransform(size=32), config, tmp_path / "two")
+    assert rest.fit(images, targets, progress=False)["steps"] == 2 * (len(images) // 16)
+    for (name, a), (_, b) in zip(full.tower.state_dict().items(), rest.tower.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_view_plan_replays_the_same_view_for_each_image():
+    transform, config = ImageTransform(size=32), AlignConfig(low_res_prob=0.5)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    plan = ViewPlan(6, 3, seed=1)
+    rows = np.arange(6)
+    clean = plan.render(images, rows, np.zeros(6, int), transform, config)
+    assert torch.equal(clean, transform.normalize(images))
+    mixed = plan.render(images, rows, np.array([0, 1, 2, 1, 0, 2]), transform, config)
+    one = apply_view(transform.normalize(images[[1]]), plan.uniforms[1, [1]], config)
+    assert torch.equal(mixed[[1]], one) and torch.equal(mixed[0], clean[0]) and not torch.equal(mixed[2], clean[2])
+    again = ViewPlan(6, 3, seed=1).subset(np.array([3, 5]))
+    assert torch.equal(again.render(images[[3, 5]], np.arange(2), np.array([1, 2]), transform, config),
+                       mixed[[3, 5]])
+    assert not torch.equal(ViewPlan(6, 3, seed=2).uniforms, plan.uniforms)
+
+
+def test_targets_per_view_pair_each_image_with_its_views():
+    features = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)  # 2 views x 3 images
+    targets = Targets.per_view(features, ViewPlan(3, 2))
+    drawn = targets.draw(np.array([0, 1, 2] * 50), np.random.default_rng(0))
+    assert set(drawn[::3]) == {0, 3} and set(drawn[1::3]) == {1, 4}  # image i: rows v * 3 + i
+    torch.testing.assert_close(targets.embeddings[4], torch.as_tensor(features[1, 1]))
+    with pytest.raises(ValueError, match="views x"):
+        Targets.per_view(features, ViewPlan(3, 5))

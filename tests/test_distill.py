@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
-from conftest import shared
+from conftest import TINY_MODEL_CFG, shared
+from zeroshot import check_same_space, load_backbone
 from zeroshot.distill import distill, ridge_projection
+from zeroshot.heads import ZeroShotClassifier, load_head
 
 
 def test_ridge_projection_recovers_a_linear_map():
@@ -18,12 +21,19 @@ def test_ridge_projection_recovers_a_linear_map():
     torch.testing.assert_close(weight, true_map.T, atol=1e-4, rtol=1e-4)
 
 
-def test_tiny_student_lives_in_the_teacher_space(tiny_backbone, tmp_path):
-    folder = tmp_path / "data"
+@pytest.fixture(scope="module")
+def tiny_student(tiny_backbone, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("distill")
+    data = tmp_path / "data.npz"
     with np.load(shared("cifar10", "train.npz"), allow_pickle=False) as z:
-        np.savez(folder.with_suffix(".npz"), images=z["images"][:160], labels=z["labels"][:160])
-    student = distill(tiny_backbone, folder.with_suffix(".npz"), tmp_path / "student", student="test_efficientnet",
+        np.savez(data, images=z["images"][:160], labels=z["labels"][:160])
+    student = distill(tiny_backbone, data, tmp_path / "student", student="test_efficientnet", views=3,
                       epochs=2, batch_size=32, cache_dir=tmp_path / "cache", progress=False)
+    return student, tmp_path
+
+
+def test_tiny_student_lives_in_the_teacher_space(tiny_backbone, tiny_student):
+    student, tmp_path = tiny_student
     assert student.embed_dim == tiny_backbone.embed_dim and student.fingerprint != tiny_backbone.fingerprint
     config = json.loads((tmp_path / "student" / "model" / "open_clip_config.json").read_text())
     assert config["teacher_fingerprint"] == tiny_backbone.fingerprint
@@ -31,12 +41,62 @@ def test_tiny_student_lives_in_the_teacher_space(tiny_backbone, tmp_path):
     texts = ["a photo of a cat.", "a truck"]
     np.testing.assert_allclose(student.encode_texts(texts), tiny_backbone.encode_texts(texts), atol=1e-6)
     report = json.loads((tmp_path / "student" / "model" / "distillation.json").read_text())
-    assert report["images"] == 160 and -1 <= report["held_out_cosine"] <= 1
+    assert report["images"] == 160 and report["views"] == 3 and -1 <= report["held_out_cosine"] <= 1
+    assert student.space == tiny_backbone.space
+    check_same_space(student, tiny_backbone)  # no error: one space
+
+
+def test_a_student_refuses_another_teachers_embeddings(tiny_backbone, tiny_student, tmp_path):
+    import open_clip
+
+    from zeroshot import save_backbone_folder
+
+    student, _ = tiny_student
+    torch.manual_seed(1)
+    other = load_backbone(save_backbone_folder(open_clip.CLIP(**TINY_MODEL_CFG), tmp_path / "other", TINY_MODEL_CFG,
+                                               {"size": 32}), device="cpu")
+    with pytest.raises(ValueError, match="different spaces"):
+        check_same_space(student, other)
+    head = ZeroShotClassifier().fit(classes=other.encode_texts(["a cat", "a dog"]))
+    head.save(tmp_path / "head", fingerprint=other.fingerprint, space=other.space)
+    with pytest.raises(ValueError, match="embedding space"):
+        load_head(tmp_path / "head", space=student.space)
+    assert load_head(tmp_path / "head", space=other.space).space_ == other.space
+    wide = {"space": student.space, "dim": 2 * student.embed_dim}
+    with pytest.raises(ValueError, match="embedding sizes differ"):
+        check_same_space(student, wide)
+    with pytest.raises(ValueError, match="features per row"):
+        ZeroShotClassifier().fit(classes=np.eye(2, 2 * student.embed_dim)).predict(
+            student.encode_images(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).numpy())
+
+
+def test_a_killed_distillation_resumes_and_skips_a_corrupt_image(tiny_backbone, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with np.load(shared("cifar10", "train.npz"), allow_pickle=False) as z:
+        for i, image in enumerate(z["images"][:40]):
+            Image.fromarray(image).save(folder / f"{i:03d}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    kwargs = dict(student="test_efficientnet", views=2, epochs=3, batch_size=8, cache_dir=tmp_path / "cache",
+                  progress=False)
+    distill(tiny_backbone, folder, tmp_path / "run", max_steps=4, **kwargs)  # stands in for a kill after step 4
+    assert "broken.png" in capsys.readouterr().out
+    capsys.readouterr()
+    encode = type(tiny_backbone).encode_images
+    try:  # the teacher's views are cached: a resumed run must not encode them again
+        type(tiny_backbone).encode_images = lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded"))
+        distill(tiny_backbone, folder, tmp_path / "run", **kwargs)
+    finally:
+        type(tiny_backbone).encode_images = encode
+    assert "resuming from step 4" in capsys.readouterr().err
+    report = json.loads((tmp_path / "run" / "model" / "distillation.json").read_text())
+    assert report["steps"] == 3 * ((40 - 1) // 8) and list(report["skipped"]) == ["broken.png"]
+    assert report["images"] == 40
 
 
 def test_students_with_a_conv_head_after_pooling_are_refused(tiny_backbone, tmp_path):
-    import pytest
-
     with pytest.raises(ValueError, match="conv head after pooling"):
         distill(tiny_backbone, shared("dtd10", "all"), tmp_path, student="mobilenetv3_small_050", epochs=1,
                 cache_dir=tmp_path / "cache", progress=False)

@@ -11,7 +11,7 @@ from importlib import import_module
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
-    "backbone": ["Backbone", "load_backbone", "save_backbone_folder"],
+    "backbone": ["Backbone", "check_same_space", "load_backbone", "save_backbone_folder"],
     "datasets": ["Dataset", "FileList", "ImageFiles", "ImageFolder", "NpzArrays", "TarShards", "open_dataset"],
     "extraction": ["extract", "default_cache_dir"],
     "features": ["FeatureSet", "check_features"],

@@ -45,6 +45,8 @@ class AlignConfig:
     affinity_temperature: float = 0.01
     seed: int = 0
     max_minutes: float | None = None
+    max_steps: int | None = None  # stop after this many steps (a time budget made reproducible)
+    affinity_weight: float = 0.0  # cosine/l1 + this x affinity to the anchors (TinyCLIP's L_I2T), when anchors are given
     checkpoint_every: int = 100
     augment: bool = True
     min_crop_scale: float = 0.35
@@ -65,6 +67,7 @@ class Targets:
     offsets: np.ndarray
     indices: np.ndarray
     groups: np.ndarray
+    views: ViewPlan | None = None  # set: row r is image r % N seen in view r // N, and training replays that view
 
     @classmethod
     def one_each(cls, embeddings: np.ndarray, groups: np.ndarray | None = None) -> "Targets":
@@ -72,6 +75,17 @@ class Targets:
         n = len(embeddings)
         return cls(torch.as_tensor(np.asarray(embeddings, np.float32)), np.arange(n + 1), np.arange(n),
                    np.full(n, -1) if groups is None else np.asarray(groups))
+
+    @classmethod
+    def per_view(cls, embeddings: np.ndarray, plan: ViewPlan) -> "Targets":
+        """Teacher features of every view, (V, N, D): image i may draw any of its V views (row v * N + i)."""
+        v, n, _ = embeddings.shape
+        if (v, n) != (plan.n_views, len(plan)):
+            raise ValueError(f"targets for {v} views x {n} images do not match the plan's {plan.n_views} x "
+                             f"{len(plan)}")
+        rows = (np.arange(v)[None, :] * n + np.arange(n)[:, None]).ravel()
+        return cls(torch.as_tensor(np.asarray(embeddings, np.float32).reshape(v * n, -1)), np.arange(n + 1) * v,
+                   rows, np.full(n, -1), plan)
 
     def draw(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         counts = self.offsets[rows + 1] - self.offsets[rows]
@@ -82,13 +96,20 @@ class Targets:
 
 def augment(batch: torch.Tensor, transform: ImageTransform, config: AlignConfig,
             generator: torch.Generator) -> torch.Tensor:
-    """uint8 (B,3,S,S) -> normalised float: random resized crop + flip (one affine grid for the whole batch),
-    brightness/contrast jitter, and an occasional down-up resampling."""
+    """uint8 (B,3,S,S) -> normalised float: random resized crop + flip, brightness/contrast jitter, and an
+    occasional down-up resampling, drawn afresh from ``generator``."""
     x = transform.normalize(batch)
     if not config.augment:
         return x
     b = len(x)
-    u = torch.rand(b, 6, generator=generator)
+    uniforms = torch.cat([torch.rand(b, 6, generator=generator), torch.rand(b, 2, generator=generator)], dim=1)
+    return apply_view(x, uniforms, config)
+
+
+def apply_view(x: torch.Tensor, u: torch.Tensor, config: AlignConfig) -> torch.Tensor:
+    """The augmentation of :func:`augment` as a pure function of 8 uniforms per image (so a view can be replayed):
+    crop scale, aspect, x/y offset, flip, down-up resampling, brightness, contrast. One batched affine grid."""
+    b = len(x)
     scale = torch.sqrt(config.min_crop_scale + (1 - config.min_crop_scale) * u[:, 0])  # side of the crop (0..1)
     aspect = torch.exp((u[:, 1] - 0.5) * math.log(4 / 3))
     sx, sy = (scale * aspect.sqrt()).clamp(max=1), (scale / aspect.sqrt()).clamp(max=1)
@@ -98,7 +119,7 @@ def augment(batch: torch.Tensor, transform: ImageTransform, config: AlignConfig,
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * flip, tx, sy, ty
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    jitter = torch.rand(b, 2, 1, 1, 1, generator=generator) * 0.4 + 0.8  # brightness, contrast in [0.8, 1.2]
+    jitter = (u[:, 6:8] * 0.4 + 0.8).view(b, 2, 1, 1, 1)  # brightness, contrast in [0.8, 1.2]
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * jitter[:, 1] + mean * jitter[:, 0]
     low = u[:, 5] < config.low_res_prob
@@ -107,6 +128,37 @@ def augment(batch: torch.Tensor, transform: ImageTransform, config: AlignConfig,
         small = F.interpolate(x[low], size=size // 2, mode="bilinear", antialias=True, align_corners=False)
         x[low] = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+class ViewPlan:
+    """``n_views`` fixed views per image: view 0 is the clean image, view v > 0 a seeded :func:`apply_view` whose
+    uniforms are drawn once per (seed, view, image). A teacher encodes each view once; the student replays the very
+    same view its target was computed on (methods/distillation.md, section 3)."""
+
+    def __init__(self, n_images: int, n_views: int, seed: int = 0):
+        if n_views < 1:
+            raise ValueError(f"n_views must be >= 1 (view 0 is the clean image), got {n_views}")
+        self.n_views, self.seed = n_views, seed
+        self.uniforms = torch.stack([torch.rand(n_images, 8, generator=torch.Generator().manual_seed(seed * 1000 + v))
+                                     for v in range(n_views)])  # (V, N, 8); view 0's row is unused
+
+    def __len__(self) -> int:
+        return self.uniforms.shape[1]
+
+    def subset(self, rows: np.ndarray) -> "ViewPlan":
+        """The same views for the images ``rows`` only (row i of the subset is image rows[i])."""
+        plan = object.__new__(ViewPlan)
+        plan.n_views, plan.seed, plan.uniforms = self.n_views, self.seed, self.uniforms[:, torch.as_tensor(rows)]
+        return plan
+
+    def render(self, batch: torch.Tensor, rows: np.ndarray, views: np.ndarray, transform: ImageTransform,
+               config: AlignConfig) -> torch.Tensor:
+        """uint8 images ``batch`` (images ``rows`` of this plan) -> normalised float, each in view ``views[i]``."""
+        x = transform.normalize(batch).contiguous(memory_format=torch.channels_last)
+        for view in np.unique(views[views > 0]):
+            pick = np.flatnonzero(views == view)
+            x[pick] = apply_view(x[pick], self.uniforms[view, torch.as_tensor(rows[pick])], config)
+        return x
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor):
@@ -156,7 +208,7 @@ class Aligner:
             raise ValueError(f"images must be a uint8 (N,3,S,S) tensor, got {images.dtype} {tuple(images.shape)}")
         if len(targets.offsets) != len(images) + 1:
             raise ValueError(f"{len(images)} images but targets for {len(targets.offsets) - 1}")
-        if cfg.loss == "affinity" and anchors is None:
+        if (cfg.loss == "affinity" or cfg.affinity_weight) and anchors is None:
             raise ValueError("the affinity loss needs anchor embeddings (e.g. the teacher's class-prompt embeddings)")
         steps_per_epoch = len(images) // cfg.batch_size
         if steps_per_epoch == 0:
@@ -172,20 +224,26 @@ class Aligner:
         bar = _bar(total, state["step"], progress)
         self.tower.train()
         stop = False
-        while state["step"] < total and not stop:
+        while state["step"] < min(total, cfg.max_steps or total) and not stop:
             epoch, in_epoch = divmod(state["step"], steps_per_epoch)
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(images))
             for k in range(in_epoch, steps_per_epoch):
                 rows = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
                 step_rng = np.random.default_rng([cfg.seed, epoch, k])
                 generator = torch.Generator().manual_seed(int(step_rng.integers(2**62)))
-                x = augment(images[torch.as_tensor(rows)], self.transform, cfg, generator)
+                drawn = targets.draw(rows, step_rng)  # independent of generator: order does not matter
+                batch = images[torch.as_tensor(rows)]
+                x = (augment(batch, self.transform, cfg, generator) if targets.views is None else
+                     targets.views.render(batch, rows, drawn // len(images), self.transform, cfg))
                 out = F.normalize(self.tower(x).float(), dim=-1)
-                target = targets.embeddings[torch.as_tensor(targets.draw(rows, step_rng))]
+                target = targets.embeddings[torch.as_tensor(drawn)]
                 if cfg.loss == "contrastive":
                     loss = contrastive_loss(out, target, groups_all[torch.as_tensor(rows)], self.log_scale.exp())
                 else:
                     loss = teacher_loss(cfg.loss, out, target, anchor_t, cfg.affinity_temperature)
+                    if cfg.affinity_weight and cfg.loss != "affinity":
+                        loss = loss + cfg.affinity_weight * teacher_loss("affinity", out, target, anchor_t,
+                                                                         cfg.affinity_temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.tower.parameters(), cfg.grad_clip)
@@ -201,10 +259,11 @@ class Aligner:
                 self._log({"step": state["step"], "epoch": epoch, "loss": round(loss.item(), 5),
                            "temperature": round(math.exp(-self.log_scale.item()), 5), "lr": schedule.get_last_lr()[0],
                            "seconds": round(state["seconds"], 1)})
-                out_of_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
-                if state["step"] % cfg.checkpoint_every == 0 or out_of_time:
+                out_of_budget = ((cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes)
+                                 or (cfg.max_steps is not None and state["step"] >= cfg.max_steps))
+                if state["step"] % cfg.checkpoint_every == 0 or out_of_budget:
                     self._checkpoint(optimizer, schedule, state)
-                if out_of_time:
+                if out_of_budget:
                     stop = True
                     break
             if validate is not None and (k == steps_per_epoch - 1 or stop):
@@ -272,8 +331,8 @@ class Aligner:
 
 
 def _settings(config: dict) -> dict:
-    """What must match for a checkpoint to resume: everything but the time budget."""
-    return {k: v for k, v in config.items() if k != "max_minutes"}
+    """What must match for a checkpoint to resume: everything but the time and step budgets."""
+    return {k: v for k, v in config.items() if k not in ("max_minutes", "max_steps")}
 
 
 def _bar(total: int, initial: int, enabled: bool):

@@ -118,6 +118,14 @@ class Backbone:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.fingerprint_info, sort_keys=True).encode()).hexdigest()[:16]
 
+    @cached_property
+    def space(self) -> str:
+        """The embedding space its outputs live in (16 hex chars): a distilled student's teacher's, else a hash of
+        this model's architecture and weights. Features, text embeddings and heads of one space mix freely;
+        preprocessing and precision change the fingerprint but not the space."""
+        own = json.dumps({"architecture": self.model_config, "weights_sha256": self.weights_digest}, sort_keys=True)
+        return self.info.get("teacher_space") or hashlib.sha256(own.encode()).hexdigest()[:16]
+
     @property
     def fingerprint_info(self) -> dict:
         return {
@@ -313,7 +321,8 @@ def _load_folder(folder: Path, device: str, precision: str, decode: str) -> Back
     return Backbone(
         name=f"local-dir:{folder}", model_config=model_cfg, transform=_transform_from(preprocess_cfg, decode),
         weights_digest=digest, build=build, requested_device=device, precision=precision,
-        logit_scale=float(config.get("logit_scale", 100.0)), info={"folder": str(folder)},
+        logit_scale=float(config.get("logit_scale", 100.0)),
+        info={"folder": str(folder), **{k: config[k] for k in ("teacher_fingerprint", "teacher_space") if k in config}},
     )
 
 
@@ -338,6 +347,27 @@ def _load_open_clip(name: str, pretrained: str | None, device: str, precision: s
         build=lambda: (model, tokenizer), requested_device=device, precision=precision, logit_scale=scale,
         info={"pretrained": pretrained},
     )
+
+
+def check_same_space(*items) -> None:
+    """Refuse to mix embeddings from different spaces (e.g. a student with another teacher's text embeddings).
+
+    ``items``: Backbones, FeatureSets, fitted heads or dicts with ``space`` (and optionally ``dim``)."""
+    described = []
+    for item in items:
+        space = item.get("space") if isinstance(item, dict) else getattr(item, "space", getattr(item, "space_", None))
+        dim = (item.get("dim") if isinstance(item, dict) else
+               getattr(item, "embed_dim", None) or getattr(item, "n_features_in_", None) or getattr(item, "dim", None))
+        described.append((space, dim, getattr(item, "name", None) or type(item).__name__))
+    spaces = {s for s, _, _ in described if s}
+    dims = {d for _, d, _ in described if d}
+    if len(dims) > 1:
+        raise ValueError("embedding sizes differ: " + ", ".join(f"{n}: {d}" for _, d, n in described)
+                         + "; features, text embeddings and heads must come from one backbone (or its students)")
+    if len(spaces) > 1:
+        raise ValueError("these embeddings live in different spaces: " + ", ".join(f"{n}: {s}" for s, _, n in described)
+                         + "; a student only works with its own teacher's text embeddings and heads: recompute the "
+                         "class embeddings / refit the head with a backbone of the same space")
 
 
 def load_backbone(spec: str | os.PathLike = "default", pretrained: str | None = None, *, device: str | None = None,

@@ -122,13 +122,19 @@ def cmd_eval(args) -> None:
 
 
 def cmd_distill(args) -> None:
-    from . import load_backbone
+    from . import class_embeddings, default_cache_dir, load_backbone, load_card
     from .distill import distill
 
     teacher = load_backbone(args.teacher, device=args.device, precision=args.precision)
-    student = distill(teacher, args.data, args.out, student=args.student, image_size=args.image_size,
-                      loss=args.loss, epochs=args.epochs, batch_size=args.batch_size or 64, seed=args.seed,
-                      max_minutes=args.minutes, cache_dir=args.cache_dir, progress=not args.quiet)
+    anchors = None
+    if args.anchors:
+        card = load_card(args.anchors)
+        anchors = class_embeddings(teacher, card.classes, card.templates, cache_dir=args.cache_dir or default_cache_dir())
+    student = distill(teacher, args.data, args.out, student=args.student, loss=args.loss, views=args.views,
+                      epochs=args.epochs, batch_size=args.batch_size or 128, lr=args.lr, seed=args.seed,
+                      anchors=anchors, affinity_weight=args.affinity_weight if anchors is not None else 0.0,
+                      max_minutes=args.minutes, max_steps=args.max_steps, cache_dir=args.cache_dir,
+                      progress=not args.quiet)
     report = json.loads((Path(args.out) / "model" / "distillation.json").read_text())
     print(json.dumps({"student": str(Path(args.out) / "model"), "fingerprint": student.fingerprint,
                       "teacher_fingerprint": teacher.fingerprint, "held_out_cosine": report["held_out_cosine"],
@@ -171,13 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distil a teacher's image tower into a small timm student")
     p.add_argument("--teacher", default=os.environ.get("ZEROSHOT_MODEL", "default"))
-    p.add_argument("--student", default="mobilenetv2_050", help="timm model name")
+    p.add_argument("--student", default="regnetx_002", help="timm model name")
     p.add_argument("--data", required=True, help="unlabelled training images (any dataset kind)")
     p.add_argument("--out", required=True, help="output folder; the student is written to OUT/model")
-    p.add_argument("--image-size", type=int, default=None, help="student input size (default: the teacher's)")
-    p.add_argument("--loss", default="cosine", choices=["cosine", "l1"])
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--loss", default="cosine", choices=["cosine", "l1", "affinity"])
+    p.add_argument("--views", type=int, default=5, help="teacher-encoded views per image (view 0 is the clean one)")
+    p.add_argument("--anchors", help="dataset card whose class prompts anchor the affinity term (e.g. tinyimagenet)")
+    p.add_argument("--affinity-weight", type=float, default=1.0, help="weight of the affinity term with --anchors")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (reproducible budget)")
     p.add_argument("--seed", type=int, default=0)
     add_run_args(p)
     p.set_defaults(func=cmd_distill)

@@ -1,30 +1,35 @@
 """Distil a backbone's image tower into a small timm student that lives in the teacher's embedding space.
 
-Spec: methods/distillation.md. The teacher encodes the images once (the FeatureSet cache); the student, a timm trunk
-plus a linear projection warm-started by ridge least squares, is then trained by :mod:`zeroshot.align` on those
-targets. The result is a model folder holding the student image tower and the teacher's text tower, with
+Spec: methods/distillation.md. The images are decoded once; the teacher encodes each of ``views`` fixed views per
+image once (view 0 clean, the others seeded crops / flips / jitter / down-up resampling), cached as FeatureSets
+under the teacher's fingerprint; the student, a timm trunk plus a linear projection warm-started by ridge least
+squares, then trains with :mod:`zeroshot.align`, each visit replaying the very view its target was computed on.
+The result is a model folder holding the student image tower and the teacher's text tower, with
 ``teacher_fingerprint`` in its config, so it loads with :func:`load_backbone` and every head keeps working.
-Deviation from the spec's CPU recipe: targets are the clean view only (no cached augmented views), so the
-student trains on the same clean view (augmentation off); multi-view targets are a later option.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .align import AlignConfig, Aligner, Targets
+from .align import AlignConfig, Aligner, Targets, ViewPlan
 from .backbone import (
     CONFIG_FILE, Backbone, load_backbone, quiet_model_loading, resolved_text_cfg, save_backbone_folder,
     text_tower_from_package,
 )
 from .datasets import Dataset, open_dataset
-from .extraction import decode_all, extract
+from .extraction import decode_all, default_cache_dir
+from .features import FeatureSet
 from .images import ImageTransform
+
+DEFAULT_STUDENT = "regnetx_002"
 
 
 def ridge_projection(features: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
@@ -34,62 +39,116 @@ def ridge_projection(features: torch.Tensor, targets: torch.Tensor, ridge: float
     return torch.linalg.solve(gram, b.T @ targets.double()).T.float()
 
 
-def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str | os.PathLike, *,
-            student: str = "mobilenetv2_050", image_size: int | None = None, loss: str = "cosine",
-            epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, max_minutes: float | None = None,
-            holdout: float = 0.05, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Backbone:
-    """Train ``student`` on ``data`` (labels unused) to reproduce ``teacher``'s image embeddings; returns it loaded."""
+def student_tower(student: str, embed_dim: int, image_size: int):
+    """open_clip's timm tower (trunk + linear projection); refuses trunks it would project wrongly."""
     from open_clip.timm_model import TimmModel
 
-    dataset = data if isinstance(data, Dataset) else open_dataset(data)
-    out = Path(out_dir)
-    size = image_size or teacher.transform.size
-    torch.manual_seed(seed)
-    tower = TimmModel(student, embed_dim=teacher.embed_dim, image_size=size, pool="avg", proj="linear")
+    tower = TimmModel(student, embed_dim=embed_dim, image_size=image_size, pool="avg", proj="linear")
     pooled_width = getattr(tower.trunk, "head_hidden_size", None) or tower.trunk.num_features
     if pooled_width != tower.trunk.num_features:
         raise ValueError(f"{student} has a conv head after pooling ({tower.trunk.num_features} -> {pooled_width} "
                          "features), which open_clip's timm tower does not project correctly; choose a student "
-                         "without one, e.g. mobilenetv2_050, resnet10t or efficientnet_b0")
+                         f"without one, e.g. {DEFAULT_STUDENT}, mobilenetv2_050 or resnet10t")
+    return tower
 
-    teacher_features = extract(teacher, dataset, cache_dir=cache_dir, progress=progress)
-    transform = ImageTransform(size=size, mean=teacher.transform.mean, std=teacher.transform.std)
-    images, rows, _ = decode_all(dataset, transform, progress=progress)
-    position = {i: k for k, i in enumerate(teacher_features.ids)}
-    keep = [k for k, r in enumerate(rows) if dataset.ids[r] in position]
-    images = images[keep]
-    targets = torch.as_tensor(np.asarray(teacher_features.features)[[position[dataset.ids[rows[k]]] for k in keep]])
+
+def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str | os.PathLike, *,
+            student: str = DEFAULT_STUDENT, loss: str = "cosine", views: int = 5, epochs: int = 10,
+            batch_size: int = 128, lr: float = 2e-3, seed: int = 0, anchors: np.ndarray | None = None,
+            affinity_weight: float = 0.0, max_minutes: float | None = None, max_steps: int | None = None,
+            holdout: float = 0.02, cache_dir: str | os.PathLike | None = None,
+            progress: bool = True) -> Backbone:
+    """Train ``student`` on ``data`` (labels unused) to reproduce ``teacher``'s image embeddings; returns it loaded.
+
+    ``anchors`` (M, D): teacher text embeddings (e.g. class prompts of any label set) for the affinity loss term.
+    The student takes the teacher's input size and normalisation.
+    """
+    dataset = data if isinstance(data, Dataset) else open_dataset(data)
+    out = Path(out_dir)
+    transform = teacher.transform
+    torch.manual_seed(seed)
+    tower = student_tower(student, teacher.embed_dim, transform.size)
+    if anchors is not None:
+        anchors = np.asarray(anchors, np.float32)
+        if anchors.ndim != 2 or anchors.shape[1] != teacher.embed_dim:
+            raise ValueError(f"anchors must be (M, {teacher.embed_dim}) teacher text embeddings, got {anchors.shape}")
+
+    images, rows, failed = decode_all(dataset, transform, progress=progress)
+    if failed:
+        print(f"skipped {len(failed)} training image(s) that could not be decoded: "
+              + ", ".join(f"{i} ({r})" for i, r in list(failed.items())[:5]) + (" ..." if len(failed) > 5 else ""))
+    config = AlignConfig(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes,
+                         max_steps=max_steps, affinity_weight=affinity_weight, low_res_prob=0.5,
+                         warmup_steps=max(1, len(images) // batch_size))
+    plan = ViewPlan(len(images), views, seed)
+    ids = [dataset.ids[r] for r in rows]
+    targets = teacher_view_features(teacher, images, ids, plan, config, dataset.signature(),
+                                    Path(cache_dir) if cache_dir else default_cache_dir(), progress)
 
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = max(1, int(holdout * len(images)))
-    val, train = order[:n_val], np.sort(order[n_val:])
-    _warm_start(tower, transform, images[train], targets[train], batch_size)
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    _warm_start(tower, transform, images[train], torch.as_tensor(targets[0, train]), batch_size)
+
+    val_images, val_targets = images[val], torch.as_tensor(targets[:, val])
 
     def held_out_cosine(model) -> float:
-        feats = F.normalize(_encode(model, transform, images[val], batch_size), dim=-1)
-        return float((feats * targets[val]).sum(1).mean())
+        """Mean cosine to the teacher over every view of the held-out images."""
+        scores = [(F.normalize(_encode(model, plan.render(val_images, val, np.full(len(val), v), transform, config),
+                                       batch_size), dim=-1) * val_targets[v]).sum(1).mean() for v in range(views)]
+        return float(torch.stack(scores).mean())
 
-    config = AlignConfig(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes,
-                         augment=False, warmup_steps=max(1, len(train) // batch_size))
     aligner = Aligner(tower, transform, config, out / "train")
-    summary = aligner.fit(images[train], Targets.one_each(targets[train].numpy()), validate=held_out_cosine,
-                          progress=progress)
+    summary = aligner.fit(images[train], Targets.per_view(targets[:, train], plan.subset(train)),
+                          validate=held_out_cosine, anchors=anchors, progress=progress)
     aligner.load_weights(out / "train" / "best.safetensors")
-    folder = _save_student(teacher, tower, student, size, transform, out / "model")
+    folder = _save_student(teacher, tower, student, transform, out / "model")
     (out / "model" / "distillation.json").write_text(json.dumps({
         **summary, "held_out_cosine": summary["best_score"], "teacher": teacher.name,
-        "teacher_fingerprint": teacher.fingerprint, "images": len(images), "held_out": n_val}, indent=1))
+        "teacher_fingerprint": teacher.fingerprint, "data": dataset.location, "images": len(images),
+        "views": views, "held_out": n_val, "skipped": failed}, indent=1))
     return load_backbone(folder, device="cpu")
 
 
-def _encode(tower, transform: ImageTransform, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def teacher_view_features(teacher: Backbone, images: torch.Tensor, ids: list[str], plan: ViewPlan,
+                          config: AlignConfig, data_signature: dict, cache_dir: Path,
+                          progress: bool = True) -> np.ndarray:
+    """(V, N, D) teacher embeddings of every view, one FeatureSet per view under the teacher's fingerprint; views
+    already encoded (a killed run) are read back instead of encoded again."""
+    from tqdm import tqdm
+
+    key = json.dumps({"data": data_signature, "views": plan.n_views, "seed": plan.seed, "n": len(ids),
+                      "min_crop_scale": config.min_crop_scale, "low_res_prob": config.low_res_prob,
+                      "transform": teacher.transform.fingerprint()}, sort_keys=True)
+    folder = cache_dir / teacher.fingerprint / "views" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    out = np.zeros((plan.n_views, len(ids), teacher.embed_dim), np.float32)
+    batch = 256
+    for view in range(plan.n_views):
+        try:
+            out[view] = FeatureSet.load(folder / f"view-{view}", fingerprint=teacher.fingerprint).features
+            continue
+        except FileNotFoundError:
+            pass
+        rows = np.arange(len(ids))
+        for lo in tqdm(range(0, len(ids), batch), desc=f"teacher view {view + 1}/{plan.n_views}",
+                       disable=not progress, mininterval=2):
+            sl = rows[lo:lo + batch]
+            x = plan.render(images[lo:lo + batch], sl, np.full(len(sl), view), teacher.transform, config)
+            out[view, lo:lo + batch] = teacher.encode_images(x).cpu().numpy()
+        FeatureSet(out[view], np.full(len(ids), -1), np.asarray(ids, dtype=str),
+                   {"fingerprint": teacher.fingerprint, "backbone": teacher.name, "dataset": data_signature,
+                    "view": view, "views": json.loads(key)}).save(folder / f"view-{view}")
+    return out
+
+
+def _encode(tower, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Normalised float images -> the tower's (unnormalised) outputs, batched, without gradients."""
     with torch.inference_mode():
-        return torch.cat([tower(transform.normalize(images[i:i + batch_size])).float()
-                          for i in range(0, len(images), batch_size)])
+        return torch.cat([tower(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
 
 def _warm_start(tower, transform: ImageTransform, images: torch.Tensor, targets: torch.Tensor, batch_size: int):
-    """Least-squares projection on the (random or pretrained) trunk's pooled features: a free first fit."""
+    """Least-squares projection on the (random or pretrained) trunk's pooled features of the clean view."""
     tower.eval()
     with torch.inference_mode():
         pooled = torch.cat([tower.trunk(transform.normalize(images[i:i + batch_size])).float()
@@ -98,10 +157,12 @@ def _warm_start(tower, transform: ImageTransform, images: torch.Tensor, targets:
     tower.train()
 
 
-def _save_student(teacher: Backbone, tower, student: str, size: int, transform: ImageTransform, folder: Path) -> Path:
-    """A model folder: the teacher's architecture with the student's vision config; the teacher's text weights."""
+def _save_student(teacher: Backbone, tower, student: str, transform: ImageTransform, folder: Path) -> Path:
+    """A model folder: the teacher's architecture with the student's vision config, weights stored in fp16 (like
+    the default model); the teacher's text weights (or a pointer to its packaged text tower)."""
     import open_clip
 
+    size = transform.size
     model_cfg = dict(teacher.model_config)
     model_cfg["vision_cfg"] = {"timm_model_name": student, "timm_model_pretrained": False, "timm_pool": "avg",
                                "timm_proj": "linear", "image_size": size}
@@ -117,10 +178,11 @@ def _save_student(teacher: Backbone, tower, student: str, size: int, transform: 
         raise ValueError(f"the teacher's text tower does not fit the student model: missing {missing[:5]}")
     model.visual.load_state_dict(tower.state_dict())
     exclude = ("text.transformer.",) if text_tower_from_package(model_cfg) else ()
+    model.visual.half()
     save_backbone_folder(model, folder, model_cfg, {"size": size, "mean": list(transform.mean),
                                                    "std": list(transform.std)},
                          exclude_prefixes=exclude, logit_scale=teacher.logit_scale)
     config = json.loads((folder / CONFIG_FILE).read_text())
-    config["teacher_fingerprint"] = teacher.fingerprint
+    config["teacher_fingerprint"], config["teacher_space"] = teacher.fingerprint, teacher.space
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return folder

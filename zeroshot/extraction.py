@@ -117,7 +117,7 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *, cache_d
 
     batch_size = batch_size or default_batch_size(backbone.device)
     store = ShardStore(folder, {
-        "fingerprint": backbone.fingerprint, "backbone": backbone.name, "dataset": signature,
+        "fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name, "dataset": signature,
         "batch_size": batch_size, "shard_size": batch_size * shard_batches, "dim": backbone.embed_dim,
     })
     batch_size, shard_size = store.manifest["batch_size"], store.manifest["shard_size"]  # a resume keeps the original
@@ -149,7 +149,7 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *, cache_d
         store.write_shard(shard, np.concatenate(rows), np.concatenate(features), failed)
     bar.close()
     result = store.finish(n_shards, dataset.labels, dataset.ids, {
-        "fingerprint": backbone.fingerprint, "backbone": backbone.name, "dataset": signature,
+        "fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name, "dataset": signature,
         "transform": backbone.transform.fingerprint(), "classes": dataset.classes,
     })
     if result.failed and progress:

@@ -89,6 +89,15 @@ class FeatureSet:
         return self.meta.get("fingerprint")
 
     @property
+    def space(self) -> str | None:
+        """The embedding space of the backbone that made it (see :attr:`Backbone.space`)."""
+        return self.meta.get("space")
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
     def classes(self) -> list[str] | None:
         return self.meta.get("classes")
 
