@@ -132,7 +132,7 @@ def cmd_distill(args) -> None:
         anchors = class_embeddings(teacher, card.classes, card.templates, cache_dir=args.cache_dir or default_cache_dir())
     student = distill(teacher, args.data, args.out, student=args.student, loss=args.loss, views=args.views,
                       epochs=args.epochs, batch_size=args.batch_size or 128, lr=args.lr, seed=args.seed,
-                      anchors=anchors, affinity_weight=args.affinity_weight if anchors is not None else 0.0,
+                      anchors=anchors, affinity_weight=args.affinity_weight if anchors is not None else 0.0, init=args.init,
                       max_minutes=args.minutes, max_steps=args.max_steps, cache_dir=args.cache_dir,
                       progress=not args.quiet)
     report = json.loads((Path(args.out) / "model" / "distillation.json").read_text())
@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=5, help="teacher-encoded views per image (view 0 is the clean one)")
     p.add_argument("--anchors", help="dataset card whose class prompts anchor the affinity term (e.g. tinyimagenet)")
     p.add_argument("--affinity-weight", type=float, default=1.0, help="weight of the affinity term with --anchors")
+    p.add_argument("--init", help="a student folder to continue training from (same --student)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")

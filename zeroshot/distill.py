@@ -55,12 +55,13 @@ def student_tower(student: str, embed_dim: int, image_size: int):
 def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str | os.PathLike, *,
             student: str = DEFAULT_STUDENT, loss: str = "cosine", views: int = 5, epochs: int = 10,
             batch_size: int = 128, lr: float = 2e-3, seed: int = 0, anchors: np.ndarray | None = None,
-            affinity_weight: float = 0.0, max_minutes: float | None = None, max_steps: int | None = None,
+            affinity_weight: float = 0.0, init: str | os.PathLike | None = None, max_minutes: float | None = None, max_steps: int | None = None,
             holdout: float = 0.02, cache_dir: str | os.PathLike | None = None,
             progress: bool = True) -> Backbone:
     """Train ``student`` on ``data`` (labels unused) to reproduce ``teacher``'s image embeddings; returns it loaded.
 
     ``anchors`` (M, D): teacher text embeddings (e.g. class prompts of any label set) for the affinity loss term.
+    ``init``: a student folder (same ``student`` architecture) to continue from instead of a fresh trunk + ridge.
     The student takes the teacher's input size and normalisation.
     """
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
@@ -88,7 +89,10 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = max(1, int(holdout * len(images)))
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    _warm_start(tower, transform, images[train], torch.as_tensor(targets[0, train]), batch_size)
+    if init is None:
+        _warm_start(tower, transform, images[train], torch.as_tensor(targets[0, train]), batch_size)
+    else:
+        _load_visual(tower, Path(init))
 
     val_images, val_targets = images[val], torch.as_tensor(targets[:, val])
 
@@ -145,6 +149,20 @@ def _encode(tower, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Normalised float images -> the tower's (unnormalised) outputs, batched, without gradients."""
     with torch.inference_mode():
         return torch.cat([tower(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+
+
+def _load_visual(tower, folder: Path) -> None:
+    """Image-tower weights of a saved student folder, checked against ``tower``'s architecture."""
+    from safetensors.torch import load_file
+
+    from .backbone import WEIGHTS_FILE
+
+    state = {k.removeprefix("visual."): v.float() for k, v in load_file(folder / WEIGHTS_FILE).items()
+             if k.startswith("visual.")}
+    try:
+        tower.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{folder} does not hold weights for this student architecture: {exc}") from None
 
 
 def _warm_start(tower, transform: ImageTransform, images: torch.Tensor, targets: torch.Tensor, batch_size: int):
