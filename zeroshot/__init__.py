@@ -18,6 +18,8 @@ _EXPORTS = {
     "images": ["BadImage", "ImageTransform"],
     "metrics": ["classification_metrics"],
     "prompts": ["Card", "available_cards", "class_embeddings", "load_card"],
+    "index": ["Index"],
+    "search": ["Hit", "search_ids", "search_images", "search_text"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -1,0 +1,239 @@
+"""Index on synthetic unit features: factory strings, the auto rule, ids, tuning, recall vs exact, save/load,
+fingerprint refusal, bad input; image paths of real FeatureSets."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import unit_rows
+from zeroshot import FeatureSet, Index
+from zeroshot.index import (
+    choose_factory, exact_search, image_paths, index_bytes, ivf_lists, knn_recall, parse_bytes, search_knob,
+)
+
+D = 32
+
+
+def clustered(rng, n, clusters=20, noise=0.6):
+    centres = unit_rows(rng.standard_normal((clusters, D)))
+    return unit_rows(centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, D)) / np.sqrt(D))
+
+
+@pytest.fixture
+def data(rng):
+    """3,000 clustered rows with shuffled string ids, and 200 held-out queries."""
+    X = clustered(rng, 3200)
+    return X[:3000], np.array([f"img-{i:05d}" for i in rng.permutation(3000)]), X[3000:]
+
+
+# --- the auto rule and memory estimates ------------------------------------------------------------------------
+@pytest.mark.parametrize("n, memory, expected", [
+    (1_000, "2G", "Flat"),
+    (200_000, "2G", "Flat"),
+    (200_001, "2G", "IVF2048,Flat"),
+    (1_000_000, "2G", "IVF4096,Flat"),
+    (1_000_000, "1.4G", "IVF4096,SQ8"),
+    (1_000_000, "100M", "OPQ64,IVF4096,PQ64x8"),
+    (10_000_000, "1G", "OPQ96,IVF16384,PQ96x8"),
+    (100_000, "100M", "IVF1024,SQ8"),  # Flat would need 146 MiB: past the budget, the rule moves on
+])
+def test_auto_rule(n, memory, expected):
+    assert choose_factory(n, 384, memory) == expected
+    assert index_bytes(expected, n, 384) <= parse_bytes(memory)
+
+
+def test_auto_rule_refuses_a_budget_nothing_fits():
+    with pytest.raises(ValueError, match="raise max_memory"):
+        choose_factory(10_000_000, 384, "10M")
+
+
+def test_memory_estimates_follow_the_table():
+    assert index_bytes("Flat", 1000, 512) == 1000 * 2048
+    assert index_bytes("HNSW32", 10, 384) == 10 * (4 * 384 + 8 * 32)
+    assert index_bytes("IVF1024,Flat", 10, 64) == 10 * (256 + 8) + 4 * 64 * 1024
+    assert index_bytes("IVF1024,PQ16x8", 10, 64) == 10 * 24 + 4 * 64 * 1024
+    assert index_bytes("LSH", 10, 64) is None
+
+
+def test_helpers():
+    assert parse_bytes("2G") == 2 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes(1000) == 1000
+    with pytest.raises(ValueError, match="2G, 512M"):
+        parse_bytes("lots")
+    assert ivf_lists(1_000_000) == 4096 and ivf_lists(100_000) == 1024
+    assert (search_knob("HNSW32"), search_knob("OPQ16,IVF64,PQ16x8"), search_knob("Flat")) == ("efSearch", "nprobe", None)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF32,Flat", "IVF32,SQ8", "IVF16,PQ8x4"])
+def test_factory_strings_build_and_search(data, factory):
+    X, ids, Q = data
+    index = Index.build(X, ids, factory=factory, params=None if factory == "Flat" else {search_knob(factory): 8})
+    assert index.factory == factory and len(index) == len(X)
+    (found, scores), = index.search(Q[:1], 5)
+    assert len(found) == 5 and set(found) <= set(ids) and np.all(np.diff(scores) <= 1e-6)
+
+
+def test_bad_factory_string_is_a_clear_error():
+    with pytest.raises(ValueError, match="faiss cannot make index 'IVF,Bogus'"):
+        Index(D, "IVF,Bogus")
+
+
+# --- search answers with ids, exactly for Flat ---------------------------------------------------------------------
+def test_flat_equals_brute_force_and_returns_ids_not_rows(data):
+    X, ids, Q = data
+    index = Index.build(X, ids, factory="auto")
+    assert index.factory == "Flat"
+    results = index.search(Q, 10)
+    expected = np.argsort(-(Q @ X.T), axis=1, kind="stable")[:, :10]
+    for (found, scores), rows, q in zip(results, expected, Q):
+        np.testing.assert_array_equal(found, ids[rows])
+        np.testing.assert_allclose(scores, X[rows] @ q, atol=1e-5)
+
+
+def test_integer_ids_and_default_ids(data):
+    X, _, Q = data
+    index = Index.build(X, ids=np.arange(len(X)) * 7, factory="Flat")
+    (found, _), = index.search(Q[:1], 3)
+    assert found.dtype == np.int64 and np.all(found % 7 == 0)
+    assert Index.build(X, factory="Flat").search(X[:1], 1)[0][0][0] == 0
+    np.testing.assert_array_equal(index.positions(["14", 7]), [2, 1])  # ids given as text are read as integers
+
+
+def test_missing_results_are_dropped_not_mapped_to_an_id(rng):
+    X = unit_rows(rng.standard_normal((400, D)))
+    index = Index.build(X, factory="IVF16,Flat", params={"nprobe": 1})
+    results = index.search(X[:20], 100)  # one list of ~25 rows cannot give 100 results
+    assert any(len(found) < 100 for found, _ in results)
+    for found, scores in results:
+        assert len(found) == len(scores) and np.all(found >= 0) and np.isfinite(scores).all()
+    tiny = Index.build(X[:3], factory="Flat")
+    assert len(tiny.search(X[:1], 10)[0][0]) == 3
+
+
+def test_add_in_steps_keeps_ids_and_paths_aligned(data, tmp_path):
+    X, ids, _ = data
+    index = Index(D, "Flat")
+    index.add(X[:10], ids[:10])
+    index.add(X[10:20], ids[10:20], paths=[tmp_path / f"{i}.jpg" for i in ids[10:20]])
+    assert list(index.paths[:10]) == [""] * 10 and index.paths[15].endswith(f"{ids[15]}.jpg")
+    assert index.roots == [str(tmp_path.resolve())]
+    assert index.search(X[15:16], 1)[0][0][0] == ids[15]
+
+
+# --- recall against exact search, and tuning ------------------------------------------------------------------
+def test_recall_counts_tied_rows_as_hits(rng):
+    X = unit_rows(rng.standard_normal((50, D)))
+    X = np.concatenate([X, X])  # every row twice: exact top-k order among the copies is arbitrary
+    Q = unit_rows(rng.standard_normal((20, D)))
+    S, I = exact_search(X, Q, 5)
+    assert knn_recall(X, Q, (I + 50) % 100, S[:, 4]) == 1.0  # the other copies are just as good
+    assert knn_recall(X, Q, np.full_like(I, -1), S[:, 4]) == 0.0
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF64,Flat"])
+def test_tuning_reaches_the_target_recall_on_held_out_queries(data, factory):
+    X, _, Q = data
+    index = Index.build(X, factory=factory, target_recall=0.9)
+    knob = search_knob(factory)
+    assert index.tuned_recall >= 0.91 and knob in index.params
+    rows = index.ids[index.search_positions(Q, 10)[1]]  # default ids are the rows of X
+    assert knn_recall(X, Q, rows, exact_search(X, Q, 10)[0][:, 9]) >= 0.88  # other queries: about the target
+    fast = Index.build(X, factory=factory, params={knob: 1})
+    assert knn_recall(X, Q, fast.ids[fast.search_positions(Q, 10)[1]], exact_search(X, Q, 10)[0][:, 9]) < 0.88
+
+
+def test_unreachable_target_warns(data):
+    X, _, _ = data
+    with pytest.warns(UserWarning, match="below the target"):
+        Index.build(X, factory="IVF16,PQ4x4", target_recall=0.99)
+
+
+# --- persistence and fingerprints ------------------------------------------------------------------------------
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF32,Flat"])
+def test_save_load_round_trip_is_identical(data, tmp_path, factory):
+    X, ids, Q = data
+    index = Index.build(X, ids, factory=factory, fingerprint="fp-a", target_recall=0.9)
+    loaded = Index.load(index.save(tmp_path / "idx"), fingerprint="fp-a")
+    for (a_ids, a_scores), (b_ids, b_scores) in zip(index.search(Q, 10), loaded.search(Q, 10)):
+        np.testing.assert_array_equal(a_ids, b_ids)
+        np.testing.assert_array_equal(a_scores, b_scores)
+    assert loaded.params == index.params and loaded.factory == factory
+    np.testing.assert_allclose(loaded.vectors(ids[:3]), index.vectors(ids[:3]))
+    manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert manifest["fingerprint"] == "fp-a" and manifest["metric"] == "inner_product" and manifest["n"] == len(X)
+    if factory.startswith("IVF"):
+        mapped = Index.load(tmp_path / "idx", mmap=True)
+        np.testing.assert_array_equal(mapped.search(Q, 5)[0][0], index.search(Q, 5)[0][0])
+
+
+def test_mismatched_fingerprint_is_refused(data, tmp_path):
+    X, ids, Q = data
+    index = Index.build(FeatureSet(X, np.full(len(X), -1), ids, {"fingerprint": "fp-a", "backbone": "modelA"}))
+    index.save(tmp_path / "idx")
+    with pytest.raises(ValueError, match=r"backbone 'modelA' \(fingerprint fp-a\).*fingerprint fp-b"):
+        Index.load(tmp_path / "idx", fingerprint="fp-b")
+    with pytest.raises(ValueError, match="rebuild the index"):
+        index.search(Q, 5, fingerprint="fp-b")
+    with pytest.raises(ValueError, match="fp-b"):
+        index.search(FeatureSet(Q, np.full(len(Q), -1), np.arange(len(Q)), {"fingerprint": "fp-b"}), 5)
+    assert len(index.search(Q, 5, fingerprint="fp-a")) == len(Q)
+
+
+def test_load_refuses_changed_ids(data, tmp_path):
+    X, ids, _ = data
+    Index.build(X, ids, factory="Flat").save(tmp_path / "idx")
+    np.save(tmp_path / "idx" / "ids.npy", ids[::-1])
+    with pytest.raises(ValueError, match="ids.npy does not match"):
+        Index.load(tmp_path / "idx")
+    with pytest.raises(FileNotFoundError, match="index build"):
+        Index.load(tmp_path / "nothing")
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+def test_bad_input_gets_clear_errors(data):
+    X, ids, Q = data
+    index = Index.build(X, ids, factory="Flat")
+    with pytest.raises(ValueError, match="32 were expected"):
+        index.search(np.ones((2, 7), np.float32))
+    bad = Q[:3].copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(bad)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search(Q, 0)
+    with pytest.raises(ValueError, match="all-zero"):
+        index.search(np.zeros((1, D), np.float32))
+    with pytest.raises(ValueError, match="unique"):
+        index.add(X[:2], ids[:2])
+    with pytest.raises(ValueError, match="3 rows but 2 ids"):
+        Index(D).add(X[:3], ids[:2])
+    with pytest.raises(ValueError, match="must be trained"):
+        Index(D, "IVF8,Flat").add(X[:3], ids[:3])
+    with pytest.raises(ValueError, match="no search parameter 'nprobe'"):
+        index.set_params(nprobe=4)
+    with pytest.raises(KeyError, match="not in the index"):
+        index.positions(["nope"])
+
+
+def test_rows_off_unit_length_are_normalised_with_a_warning(data):
+    X, ids, Q = data
+    index = Index.build(X, ids, factory="Flat")
+    with pytest.warns(UserWarning, match="not unit length"):
+        scaled = index.search(Q[:2] * 3, 5)
+    for (a, sa), (b, sb) in zip(scaled, index.search(Q[:2], 5)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(sa, sb, atol=1e-6)
+
+
+# --- image paths from FeatureSet provenance -------------------------------------------------------------------
+def test_image_paths_follow_the_dataset_kind(tmp_path):
+    X = np.eye(3, D, dtype=np.float32)
+    labels = np.full(3, -1)
+
+    def paths(kind, location, ids):
+        return image_paths(FeatureSet(X, labels, np.array(ids), {"dataset": {"kind": kind, "location": location}}))
+
+    assert list(paths("folder", "/data/imgs", ["a/1.jpg", "b/2.jpg", "3.png"])) == [
+        "/data/imgs/a/1.jpg", "/data/imgs/b/2.jpg", "/data/imgs/3.png"]
+    assert paths("filelist", "/data/list.csv", ["x.jpg", "sub/y.jpg", "/abs/z.jpg"])[2] == "/abs/z.jpg"
+    assert paths("filelist", "/data/list.csv", ["x.jpg", "sub/y.jpg", "/abs/z.jpg"])[1] == "/data/sub/y.jpg"
+    assert paths("npz", "/data/a.npz", ["0", "1", "2"]) is None

@@ -1,0 +1,131 @@
+"""Retrieval commands: ``zeroshot index build``, ``zeroshot search`` and ``zeroshot serve``."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def add_commands(sub) -> None:
+    from .cli import add_model_args
+
+    p = sub.add_parser("index", help="FAISS indexes over image features")
+    build = p.add_subparsers(dest="index_command", required=True).add_parser(
+        "build", help="index images (any dataset kind) or a saved FeatureSet folder")
+    build.add_argument("data", nargs="+", help="images: folder, .csv list, .npz, tar shards or files; or a FeatureSet "
+                                               "folder written by `zeroshot extract --output`")
+    build.add_argument("--out", required=True, help="index folder to write")
+    build.add_argument("--index", default="auto", help="'auto' (picked from N, D and --max-memory) or a faiss "
+                                                       "index_factory string: Flat, HNSW32, IVF1024,Flat, IVF4096,PQ48x8")
+    build.add_argument("--max-memory", default="2G", help="memory budget for 'auto' (e.g. 2G, 500M)")
+    build.add_argument("--target-recall", type=float, default=0.95,
+                       help="recall@10 vs exact search that nprobe/efSearch are tuned to")
+    build.add_argument("--nprobe", type=int, help="IVF lists searched (skips tuning)")
+    build.add_argument("--ef-search", type=int, help="HNSW search breadth (skips tuning)")
+    build.add_argument("--seed", type=int, default=0)
+    add_model_args(build)
+    build.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("search", help="search an index by text, by image file or by indexed id")
+    p.add_argument("index", help="index folder (from `zeroshot index build`)")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", action="append", help="text query (repeat for a batch)")
+    query.add_argument("--image", action="append", help="image file query (repeat for a batch)")
+    query.add_argument("--id", action="append", help="indexed image id (repeat for a batch); leaves itself out")
+    p.add_argument("-k", type=int, default=10, help="results per query")
+    p.add_argument("--template", action="append", help="prompt template with {} for text queries, repeatable; "
+                                                       "embeddings are averaged (default: the text as is)")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--output", help="write results here (default: stdout)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="search page + JSON API over an index (http://127.0.0.1:8000/)")
+    p.add_argument("index", help="index folder (from `zeroshot index build`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest image upload accepted")
+    p.add_argument("--template", action="append", help="prompt template with {} for text queries, repeatable")
+    add_model_args(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_index_build(args) -> None:
+    from .cli import backbone_from_args, extract_from_args, report_failed
+    from .features import MANIFEST, FeatureSet
+    from .index import Index
+
+    start = time.perf_counter()
+    source = args.data[0] if len(args.data) == 1 else args.data
+    if isinstance(source, str) and (Path(source) / MANIFEST).is_file():
+        features = FeatureSet.load(source)
+    else:
+        features = extract_from_args(args, backbone_from_args(args), source)
+        report_failed(features)
+    params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if value}
+    index = Index.build(features, factory=args.index, max_memory=args.max_memory, target_recall=args.target_recall,
+                        params=params or None, seed=args.seed)
+    index.save(args.out)
+    print(json.dumps({"n": len(index), "dim": index.dim, "factory": index.factory, "params": index.params,
+                      "tuned_recall@10": index.tuned_recall, "fingerprint": index.fingerprint,
+                      "images": index.paths is not None, "out": args.out,
+                      "seconds": round(time.perf_counter() - start, 2)}, indent=1))
+
+
+def cmd_search(args) -> None:
+    from .index import Index
+    from .search import search_ids, search_images, search_text
+
+    index = Index.load(args.index)
+    try:
+        if args.id:
+            queries, hits = args.id, search_ids(index, args.id, args.k)
+        else:
+            from .cli import backbone_from_args
+
+            backbone = backbone_from_args(args)
+            index.check_fingerprint(backbone.fingerprint)  # before the network is built
+            if args.text:
+                queries, hits = args.text, search_text(index, backbone, args.text, args.k, args.template)
+            else:
+                queries, hits = args.image, search_images(index, backbone, args.image, args.k)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    text = format_results(queries, hits, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {sum(map(len, hits))} results for {len(queries)} queries to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def format_results(queries: list[str], hits: list, fmt: str) -> str:
+    """Results as an aligned table, CSV (query, rank, score, id, path) or JSON."""
+    if fmt == "json":
+        return json.dumps([{"query": q, "results": [h._asdict() for h in hs]} for q, hs in zip(queries, hits)],
+                          indent=1) + "\n"
+    rows = [[q, str(rank), f"{h.score:.4f}", str(h.id), h.path or ""]
+            for q, hs in zip(queries, hits) for rank, h in enumerate(hs, 1)]
+    header = ["query", "rank", "score", "id", "path"]
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([header] + rows)
+        return out.getvalue()
+    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() + "\n" for r in [header] + rows)
+
+
+def cmd_serve(args) -> None:
+    from .cli import backbone_from_args
+    from .index import Index
+    from .serve import SearchService, serve
+
+    index = Index.load(args.index)
+    service = SearchService(index, backbone_from_args(args), max_upload=int(args.max_upload_mb * 2**20),
+                            templates=args.template)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: binding {args.host} makes the search service reachable from other machines", file=sys.stderr)
+    serve(service, args.host, args.port)
