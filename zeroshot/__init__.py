@@ -18,6 +18,8 @@ _EXPORTS = {
     "images": ["BadImage", "ImageTransform"],
     "metrics": ["classification_metrics"],
     "prompts": ["Card", "available_cards", "class_embeddings", "load_card"],
+    "ood_metrics": ["auroc", "evaluate_detectors", "fpr_at_tpr"],  # ood_metrics() itself: the module's name
+    "clipn_train": ["NegationConfig", "NegationMap", "train_negation"],
     "index": ["Index"],
     "search": ["Hit", "search_ids", "search_images", "search_text"],
 }

@@ -1,0 +1,74 @@
+"""CLIPN-style OOD scores from "yes" and "no" class embeddings (spec: methods/clipn.md 4).
+
+What this is: CLIPN's two threshold-free inference rules on any pair of (C, D) class embeddings, ``W_yes`` from the
+ordinary text tower and ``W_no`` from a "no" text side, e.g. the negation map trained on CPU by
+:mod:`zeroshot.clipn_train`, or hand-written negated prompts ("a photo without a {}."). What it is not: CLIPN's
+released model (a ViT-B/16 with a "no" copy of its text tower trained on CC3M); no CLIPN weights are used here.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import log_expit, logsumexp
+
+from ._base import check_class_embeddings
+from .ood import TextOODDetector
+
+INFERENCES = ("atd", "ctw")
+
+
+class CLIPN(TextOODDetector):
+    """``p_c = softmax_c(s <f, w_yes_c>)`` is the class posterior and ``p_yes_c = sigmoid(s <f, w_yes_c> - s <f,
+    w_no_c>)`` the chance that the image *is* class c rather than *not* c.
+
+    - ``inference="ctw"`` (competing-to-win): score ``p_yes`` of the predicted class argmax_c p_c;
+      :meth:`predict` calls a sample OOD when ``p_no > p_yes`` for that class.
+    - ``inference="atd"`` (agreeing-to-differ): score ``sum_c p_yes_c p_c = 1 - p_ood``; OOD when
+      ``p_ood > max_c p_c``.
+
+    :meth:`score_samples` returns the log-odds ``log(S / (1 - S))`` of these scores S: the same ranking, but it
+    does not saturate as S and log S do (at s = 100, float32 probabilities of confident samples tie at 1.0). The ID
+    class prediction is the zero-shot one (the "yes" side is untouched), so ID accuracy is unchanged.
+    """
+
+    _fitted_arrays = ("class_embeddings_", "no_class_embeddings_")
+
+    def __init__(self, inference: str = "atd", logit_scale: float = 100.0):
+        self.inference = inference
+        self.logit_scale = logit_scale
+
+    def fit(self, X=None, y=None, *, classes, no_classes, class_names: list[str] | None = None) -> "CLIPN":
+        """``classes``: (C, D) "yes" class embeddings; ``no_classes``: the matching (C, D) "no" embeddings."""
+        if self.inference not in INFERENCES:
+            raise ValueError(f"inference must be one of {INFERENCES}, got {self.inference!r}")
+        if not self.logit_scale > 0:
+            raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
+        W_no = check_class_embeddings(no_classes, name="no_classes")
+        super().fit(X, y, classes=classes, class_names=class_names)
+        if W_no.shape != self.class_embeddings_.shape:
+            raise ValueError(f"no_classes has shape {W_no.shape} but classes has {self.class_embeddings_.shape}: "
+                             "give one 'no' embedding per class")
+        self.no_class_embeddings_ = W_no
+        return self
+
+    def _log_odds(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(log-odds of the ID score under this head's rule, log p_c), float64."""
+        X = self._check_X(X)
+        yes = self.logit_scale * (X @ self.class_embeddings_.T).astype(np.float64)
+        no = self.logit_scale * (X @ self.no_class_embeddings_.T).astype(np.float64)
+        log_p, z = yes - logsumexp(yes, axis=1, keepdims=True), yes - no  # z_c = logit of p_yes_c
+        if self.inference == "ctw":
+            return np.take_along_axis(z, log_p.argmax(axis=1)[:, None], axis=1)[:, 0], log_p
+        # S = sum_c p_c p_yes_c and 1 - S = sum_c p_c p_no_c, each summed in log space
+        return logsumexp(log_p + log_expit(z), axis=1) - logsumexp(log_p + log_expit(-z), axis=1), log_p
+
+    def score_samples(self, X) -> np.ndarray:
+        return self._log_odds(X)[0].astype(np.float32)
+
+    def predict(self, X) -> np.ndarray:
+        """The threshold-free decision: 1 = in-distribution, -1 = OOD (scikit-learn's outlier convention)."""
+        log_odds, log_p = self._log_odds(X)
+        if self.inference == "ctw":
+            ood = log_odds < 0  # p_no > p_yes for the predicted class
+        else:
+            ood = log_expit(-log_odds) > log_p.max(axis=1)  # p_ood = 1 - S > max_c p_c, compared in log space
+        return np.where(ood, -1, 1)

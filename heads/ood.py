@@ -1,0 +1,123 @@
+"""OOD detectors on class text embeddings alone: MCM, max-logit and energy (spec: methods/ood_scores.md 2).
+
+Every OOD detector shares one contract: ``fit(X_id, y=None, *, classes=...)`` returns self and
+``score_samples(X) -> (N,)`` is **higher = more in-distribution**. Scores are computed in float64 and returned as
+float32; input rows are checked (shape, NaN) and renormalised with a warning when they are not unit length.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.special import logsumexp
+from sklearn.utils.validation import check_is_fitted
+
+from zeroshot.features import check_features
+
+from ._base import Head, check_class_embeddings
+
+NORM_TOLERANCE = 1e-3
+
+
+def unit_features(X, *, dim: int | None = None, name: str = "X") -> np.ndarray:
+    """Checked float32 features with unit rows; rows off by more than 1e-3 (fp16 caches, raw encoder output) are
+    renormalised with a warning (ood_scores.md 5)."""
+    X = check_features(X, dim=dim, name=name)
+    sq_norms = np.einsum("ij,ij->i", X, X)
+    if len(X) and np.abs(np.sqrt(sq_norms) - 1).max() > NORM_TOLERANCE:
+        if (sq_norms == 0).any():
+            raise ValueError(f"{name} has all-zero rows: they have no direction to score; drop them")
+        warnings.warn(f"{name} rows are not unit length (norms {np.sqrt(sq_norms.min()):.4g}.."
+                      f"{np.sqrt(sq_norms.max()):.4g}): renormalising them", UserWarning, stacklevel=3)
+        X = X / np.sqrt(sq_norms)[:, None]
+    return X
+
+
+class OODDetector(Head):
+    """Base of every OOD detector: ``score_samples(X) -> (N,)`` float32, higher = more in-distribution."""
+
+    def _check_X(self, X) -> np.ndarray:
+        check_is_fitted(self, self._fitted_arrays[0])
+        return unit_features(X, dim=self.n_features_in_)
+
+    def score_samples(self, X) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TextOODDetector(OODDetector):
+    """A detector fitted from (C, D) class text embeddings only; ID images are not needed (``X``, ``y`` unused)."""
+
+    _fitted_arrays = ("class_embeddings_",)
+    _fitted_meta = ("class_names_",)
+
+    def fit(self, X=None, y=None, *, classes, class_names: list[str] | None = None) -> "TextOODDetector":
+        """``classes``: (C, D) class embeddings of the ID classes, e.g. from :func:`zeroshot.class_embeddings`."""
+        W = check_class_embeddings(classes)
+        if class_names is not None and len(class_names) != len(W):
+            raise ValueError(f"{len(class_names)} class names for {len(W)} class embeddings")
+        self.class_embeddings_ = W
+        self.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(len(W))]
+        self.n_features_in_ = W.shape[1]
+        return self
+
+    def _cosines(self, X) -> np.ndarray:
+        """(N, C) cosine similarities to the class embeddings, float64."""
+        return (self._check_X(X) @ self.class_embeddings_.T).astype(np.float64)
+
+
+def _check_positive(value: float, name: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+class MCM(TextOODDetector):
+    """Maximum concept matching (Ming et al. 2022): the largest softmax probability of ``cos / temperature``.
+
+    Returns ``log`` of that probability, ``max_c(cos_c/T) - logsumexp(cos/T)``: the same ranking, but float32 keeps
+    its resolution where every probability is close to 1/C. T = 1 on raw cosines (not scaled by the logit scale),
+    as in the paper; MSP on CLIP logits is T = 1/logit_scale. MCM needs at least two classes: with one class the
+    softmax is 1 for every input, so :meth:`fit` refuses it rather than return a constant score.
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = temperature
+
+    def fit(self, X=None, y=None, *, classes, class_names: list[str] | None = None) -> "MCM":
+        _check_positive(self.temperature, "temperature")
+        if np.ndim(classes) == 2 and len(classes) < 2:
+            raise ValueError("MCM needs at least two ID classes: with one class its softmax is 1 for every input, "
+                             "a constant score that separates nothing. Use MaxLogit or Energy for a single class.")
+        return super().fit(X, y, classes=classes, class_names=class_names)
+
+    def score_samples(self, X) -> np.ndarray:
+        z = self._cosines(X) / self.temperature
+        return (z.max(axis=1) - logsumexp(z, axis=1)).astype(np.float32)
+
+
+class MaxLogit(TextOODDetector):
+    """Max-logit (Hendrycks et al. 2022): the largest cosine to a class embedding. Invariant to the logit scale."""
+
+    def score_samples(self, X) -> np.ndarray:
+        return self._cosines(X).max(axis=1).astype(np.float32)
+
+
+class Energy(TextOODDetector):
+    """Negative free energy (Liu et al. 2020): ``T * logsumexp(s * cos / T)``.
+
+    Follows CLIPN's convention of scaled logits (s = the backbone's logit scale); ``logit_scale=None`` uses raw
+    cosines (s = 1), as MCM's repository does, which degenerates towards the mean cosine.
+    """
+
+    def __init__(self, temperature: float = 1.0, logit_scale: float | None = 100.0):
+        self.temperature = temperature
+        self.logit_scale = logit_scale
+
+    def fit(self, X=None, y=None, *, classes, class_names: list[str] | None = None) -> "Energy":
+        _check_positive(self.temperature, "temperature")
+        if self.logit_scale is not None:
+            _check_positive(self.logit_scale, "logit_scale")
+        return super().fit(X, y, classes=classes, class_names=class_names)
+
+    def score_samples(self, X) -> np.ndarray:
+        logits = self._cosines(X) * (self.logit_scale or 1.0)
+        return (self.temperature * logsumexp(logits / self.temperature, axis=1)).astype(np.float32)
