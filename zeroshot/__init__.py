@@ -18,6 +18,7 @@ _EXPORTS = {
     "images": ["BadImage", "ImageTransform"],
     "metrics": ["classification_metrics"],
     "prompts": ["Card", "available_cards", "class_embeddings", "load_card"],
+    "fewshot": ["run_fewshot", "sample_shots", "split_per_class"],
     "ood_metrics": ["auroc", "evaluate_detectors", "fpr_at_tpr"],  # ood_metrics() itself: the module's name
     "clipn_train": ["NegationConfig", "NegationMap", "train_negation"],
     "index": ["Index"],

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 # Modules outside this file that contribute sub-commands (few-shot, OOD, retrieval).
-COMMAND_MODULES: tuple[str, ...] = ("retrieval_cli", "ood")
+COMMAND_MODULES: tuple[str, ...] = ("retrieval_cli", "ood", "fewshot")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,250 @@
+"""The few-shot protocol on cached features (CoOp style): for each shot count k and seed, sample k labelled shots
+per class from a support set, fit every head on them, measure top-1 on a test set. Results go to CSV, JSON (mean
+and std over seeds) and an accuracy-vs-shots PNG; ``zeroshot fewshot`` runs it from the command line."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .heads import GDA, TEEN, CapSAdapter, LinearProbe, TipAdapter, TipAdapterF, ZeroShotClassifier, ZLaP
+from .heads._fewshot import check_labels, class_ranks
+
+SUPERVISED = {
+    "linear-probe": lambda seed: LinearProbe(random_state=seed),
+    "linear-probe-zs": lambda seed: LinearProbe(init="zero-shot", random_state=seed),
+    "tip": lambda seed: TipAdapter(random_state=seed),
+    "tip-f": lambda seed: TipAdapterF(random_state=seed),
+    "gda": lambda seed: GDA(random_state=seed),
+    "caps": lambda seed: CapSAdapter(random_state=seed),
+    "teen": lambda seed: TEEN(random_state=seed),
+}
+LABEL_FREE = ("zero-shot", "zlap", "zlap-inductive")  # no shots: one row each, shots = 0
+HEAD_NAMES = LABEL_FREE + tuple(SUPERVISED)
+
+
+def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Indices of k rows per class, drawn without replacement with ``seed``; a class with fewer rows is an error."""
+    counts = np.bincount(labels)
+    short = np.flatnonzero((counts > 0) & (counts < k))
+    if short.size:
+        raise ValueError(f"{k}-shot sampling needs {k} support images per class; classes {short[:10].tolist()} have "
+                         f"only {counts[short[:10]].tolist()}")
+    order, rank = class_ranks(labels, seed)
+    return np.sort(order[rank < k])
+
+
+def split_per_class(labels: np.ndarray, n_support: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split of a single-split dataset: the first ``n_support`` rows of each class (dataset order)
+    form the support pool, the rest the test set."""
+    order, rank = class_ranks(labels, None)
+    counts = np.bincount(labels)
+    if (counts[counts > 0] <= n_support).any():
+        raise ValueError(f"--support-per-class {n_support} leaves no test images for some classes "
+                         f"(smallest class has {counts[counts > 0].min()})")
+    return np.sort(order[rank < n_support]), np.sort(order[rank >= n_support])
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def _label_free_row(name: str, support_X, test_X, test_y, W) -> dict:
+    """Zero-shot; ZLaP transductive (graph on the test set itself); ZLaP inductive (graph on the UNLABELLED support
+    pool, queries = the test set)."""
+    if name == "zero-shot":
+        head, fit_s = _timed(lambda: ZeroShotClassifier().fit(classes=W))
+        scores, predict_s = _timed(lambda: head.decision_function(test_X))
+    elif name == "zlap":
+        head, fit_s = _timed(lambda: ZLaP().fit(test_X, classes=W))
+        scores, predict_s = head.transductive_scores_, 0.0
+    else:
+        head, fit_s = _timed(lambda: ZLaP().fit(support_X, classes=W))
+        scores, predict_s = _timed(lambda: head.decision_function(test_X))
+    return {"head": name, "shots": 0, "seed": "", "acc1": float((scores.argmax(axis=1) == test_y).mean()),
+            "fit_s": fit_s, "predict_s": predict_s, "search": "none (no labels)", "val_accuracy": "", "chosen": {},
+            "error": ""}
+
+
+def _supervised_row(name: str, k: int, seed: int, X, y, test_X, test_y, W) -> dict:
+    row = {"head": name, "shots": k, "seed": seed}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            head, fit_s = _timed(lambda: SUPERVISED[name](seed).fit(X, y, classes=W))
+            pred, predict_s = _timed(lambda: head.predict(test_X))
+        except ValueError as exc:  # e.g. GDA with one shot per class: no covariance can be estimated
+            return {**row, "acc1": None, "fit_s": "", "predict_s": "", "search": "", "val_accuracy": "",
+                    "chosen": {}, "error": str(exc)}
+    notes = sorted({str(w.message) for w in caught})
+    return {**row, "acc1": float((pred == test_y).mean()), "fit_s": fit_s, "predict_s": predict_s,
+            "search": head.search_["source"], "val_accuracy": head.search_["val_accuracy"], "chosen": head.chosen_,
+            "error": "; ".join(notes)}
+
+
+def run_fewshot(support_X, support_y, test_X, test_y, class_embeddings, *, shots=(1, 2, 4, 8, 16), seeds=(1, 2, 3),
+                heads=HEAD_NAMES, progress: bool = False) -> list[dict]:
+    """One row per (head, shots, seed): top-1 on the test set, fit / predict seconds, the chosen hyperparameters
+    and how they were found. Label-free heads get one row with shots = 0. Each head's own validation split is
+    seeded with the run's seed; the test set never enters a fit (except ZLaP transductive, which is unlabelled)."""
+    unknown = [h for h in heads if h not in HEAD_NAMES]
+    if unknown:
+        raise ValueError(f"unknown heads {unknown}; choose from {', '.join(HEAD_NAMES)}")
+    support_y = check_labels(support_y, len(support_X), len(class_embeddings), name="support labels")
+    test_y = check_labels(test_y, len(test_X), len(class_embeddings), name="test labels")
+    rows = [_label_free_row(h, support_X, test_X, test_y, class_embeddings) for h in heads if h in LABEL_FREE]
+    runs = [(k, seed, h) for k in shots for seed in seeds for h in heads if h in SUPERVISED]
+    for i, (k, seed, name) in enumerate(runs):
+        rows_k = sample_shots(support_y, k, seed)
+        rows.append(_supervised_row(name, k, seed, support_X[rows_k], support_y[rows_k], test_X, test_y,
+                                    class_embeddings))
+        if progress:
+            acc = rows[-1]["acc1"]
+            print(f"[{i + 1}/{len(runs)}] {name} {k}-shot seed {seed}: "
+                  + (f"top-1 {acc:.4f}" if acc is not None else f"not fitted: {rows[-1]['error']}"), file=sys.stderr)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and sample std (ddof 1; 0 for one seed) of top-1 per (head, shots), over the seeds that fitted
+    (a head that refused a fit, e.g. GDA with one shot per class, has ``acc1`` None there)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["head"], r["shots"]), []).append(r["acc1"])
+    out = []
+    for (head, shots), accs in groups.items():
+        ok = np.array([a for a in accs if a is not None])
+        out.append({"head": head, "shots": shots, "n_seeds": len(ok),
+                    "mean": float(ok.mean()) if len(ok) else None,
+                    "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0})
+    return out
+
+
+def markdown_table(summary: list[dict]) -> str:
+    """Heads as rows, shot counts as columns, ``mean ± std`` in % (label-free heads in a 'no labels' column)."""
+    shots = sorted({s["shots"] for s in summary if s["shots"]})
+    cells = {(s["head"], s["shots"]): s for s in summary}
+    heads = list(dict.fromkeys(s["head"] for s in summary))
+    lines = ["| head | no labels | " + " | ".join(f"{k} shots" for k in shots) + " |",
+             "|---|---|" + "---|" * len(shots)]
+    for h in heads:
+        row = []
+        for k in [0] + shots:
+            s = cells.get((h, k))
+            row.append("" if s is None else "n/a" if not s["n_seeds"] else
+                       f"{100 * s['mean']:.2f}" + (f" ± {100 * s['std']:.2f}" if s["n_seeds"] > 1 else ""))
+        lines.append(f"| {h} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_shots(summary: list[dict], path, title: str = "") -> None:
+    """Mean top-1 (± std) against shots per class, log2 x-axis; label-free heads as horizontal dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2)
+    styles = iter(["--", ":", "-.", (0, (5, 1)), (0, (1, 3))])
+    for head in dict.fromkeys(s["head"] for s in summary):
+        points = sorted((s["shots"], s["mean"], s["std"]) for s in summary if s["head"] == head and s["n_seeds"])
+        if points and points[0][0] == 0:
+            ax.axhline(100 * points[0][1], linestyle=next(styles), linewidth=1.2, label=f"{head} (no labels)",
+                       color="black" if head == "zero-shot" else next(colours))
+        elif points:
+            k, mean, std = map(np.array, zip(*points))
+            ax.errorbar(k, 100 * mean, yerr=100 * std, marker="o", capsize=3, label=head, color=next(colours))
+    shots = sorted({s["shots"] for s in summary if s["shots"]})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(rows: list[dict], folder, meta: dict, title: str = "") -> dict:
+    """``rows.csv`` (one line per fit), ``summary.json`` (meta, mean/std per head and shots, rows) and
+    ``accuracy_vs_shots.png`` in ``folder``; returns the summary."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = ["head", "shots", "seed", "acc1", "fit_s", "predict_s", "search", "val_accuracy", "chosen", "error"]
+    with open(folder / "rows.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({**r, "chosen": json.dumps(r["chosen"])} for r in rows)
+    summary = summarise(rows)
+    (folder / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    plot_accuracy_vs_shots(summary, folder / "accuracy_vs_shots.png", title)
+    return summary
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def cmd_fewshot(args) -> None:
+    from . import class_embeddings, default_cache_dir
+    from .cli import backbone_from_args, classes_and_templates, extract_from_args, report_failed
+
+    if (args.support is None) == (args.support_per_class is None):
+        sys.exit("error: give --support DATASET (shots drawn from it) or --support-per-class N (split --dataset)")
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    backbone = backbone_from_args(args)
+    test = extract_from_args(args, backbone, args.dataset)
+    report_failed(test)
+    if args.support:
+        support = extract_from_args(args, backbone, args.support)
+        report_failed(support)
+        if support.classes != test.classes:
+            raise ValueError(f"{args.support} and {args.dataset} list different classes")
+    else:
+        labelled = test.subset(np.flatnonzero(test.labels >= 0))
+        support_rows, test_rows = split_per_class(labelled.labels, args.support_per_class)
+        support, test = labelled.subset(support_rows), labelled.subset(test_rows)
+    test = test.subset(np.flatnonzero(test.labels >= 0))
+    support = support.subset(np.flatnonzero(support.labels >= 0))
+    names, templates = classes_and_templates(args, test.classes)
+    W = class_embeddings(backbone, names, templates, cache_dir=args.cache_dir or default_cache_dir())
+    shots, seeds = _int_list(args.shots), _int_list(args.seeds)
+    rows = run_fewshot(np.asarray(support.features), support.labels, np.asarray(test.features), test.labels, W,
+                       shots=shots, seeds=seeds, heads=heads, progress=not args.quiet)
+    meta = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": str(args.dataset),
+            "support": args.support or f"first {args.support_per_class} per class of the dataset",
+            "card": args.card, "classes": names, "n_support_pool": len(support), "n_test": len(test),
+            "shots": shots, "seeds": seeds, "heads": heads}
+    summary = write_report(rows, args.output, meta, title=f"{Path(str(args.dataset)).name} ({backbone.fingerprint})")
+    print(f"# model {backbone.name}, fingerprint {backbone.fingerprint}, dataset {args.dataset}, seeds {seeds}")
+    print(markdown_table(summary))
+    print(f"wrote {Path(args.output) / 'rows.csv'}, summary.json and accuracy_vs_shots.png", file=sys.stderr)
+
+
+def add_commands(sub) -> None:
+    from .cli import add_model_args
+
+    p = sub.add_parser("fewshot", help="few-shot protocol: k shots per class per seed, every head, accuracy vs shots")
+    p.add_argument("--dataset", required=True,
+                   help="test images (split with --support-per-class if it is the only split)")
+    p.add_argument("--support", help="images the shots are drawn from, e.g. the train split")
+    p.add_argument("--support-per-class", type=int,
+                   help="split --dataset: its first N images per class are the support pool, the rest the test set")
+    p.add_argument("--card", help="dataset card giving class names and templates")
+    p.add_argument("--classes", help="comma-separated class names, in label order")
+    p.add_argument("--shots", default="1,2,4,8,16", help="comma-separated shots per class")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (shot sampling and validation splits)")
+    p.add_argument("--heads", default=",".join(HEAD_NAMES), help=f"comma-separated subset of {', '.join(HEAD_NAMES)}")
+    p.add_argument("--output", default="fewshot", help="output folder")
+    add_model_args(p)
+    p.set_defaults(func=cmd_fewshot)
