@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     images, rows, failed = decode_all(dataset, transform, progress=progress)
     if failed:
         print(f"skipped {len(failed)} training image(s) that could not be decoded: "
-              + ", ".join(f"{i} ({r})" for i, r in list(failed.items())[:5]) + (" ..." if len(failed) > 5 else ""))
+              + ", ".join(f"{i} ({r})" for i, r in list(failed.items())[:5]) + (" ..." if len(failed) > 5 else ""),
+              file=sys.stderr)
     config = AlignConfig(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes,
                          max_steps=max_steps, affinity_weight=affinity_weight, low_res_prob=0.5,
                          warmup_steps=max(1, len(images) // batch_size))
