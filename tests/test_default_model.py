@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import shared
 from zeroshot import class_embeddings, extract, load_backbone, load_card
