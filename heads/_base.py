@@ -34,6 +34,16 @@ def check_class_embeddings(W, name: str = "classes") -> np.ndarray:
     return (W / norms).astype(np.float32)
 
 
+def set_class_embeddings(head, classes, class_names: list[str] | None) -> None:
+    """Store checked (C, D) class embeddings and their names on ``head`` (shared by the text-only heads)."""
+    W = check_class_embeddings(classes)
+    if class_names is not None and len(class_names) != len(W):
+        raise ValueError(f"{len(class_names)} class names for {len(W)} class embeddings")
+    head.class_embeddings_ = W
+    head.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(len(W))]
+    head.n_features_in_ = W.shape[1]
+
+
 class Head(BaseEstimator):
     """Base for heads: ``_fitted_arrays`` name the fitted attributes saved as tensors, ``_fitted_meta`` as JSON."""
 

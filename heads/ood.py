@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from zeroshot.features import check_features
 
-from ._base import Head, check_class_embeddings
+from ._base import Head, set_class_embeddings
 
 NORM_TOLERANCE = 1e-3
 
@@ -52,12 +52,7 @@ class TextOODDetector(OODDetector):
 
     def fit(self, X=None, y=None, *, classes, class_names: list[str] | None = None) -> "TextOODDetector":
         """``classes``: (C, D) class embeddings of the ID classes, e.g. from :func:`zeroshot.class_embeddings`."""
-        W = check_class_embeddings(classes)
-        if class_names is not None and len(class_names) != len(W):
-            raise ValueError(f"{len(class_names)} class names for {len(W)} class embeddings")
-        self.class_embeddings_ = W
-        self.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(len(W))]
-        self.n_features_in_ = W.shape[1]
+        set_class_embeddings(self, classes, class_names)
         return self
 
     def _cosines(self, X) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import ClassifierMixin
 
-from ._base import Head, check_class_embeddings, softmax
+from ._base import Head, set_class_embeddings, softmax
 
 
 class ZeroShotClassifier(ClassifierMixin, Head):
@@ -22,13 +22,8 @@ class ZeroShotClassifier(ClassifierMixin, Head):
 
     def fit(self, X=None, y=None, *, classes, class_names: list[str] | None = None) -> "ZeroShotClassifier":
         """``classes``: (C, D) class embeddings, e.g. from :func:`zeroshot.class_embeddings`. X and y are unused."""
-        W = check_class_embeddings(classes)
-        if class_names is not None and len(class_names) != len(W):
-            raise ValueError(f"{len(class_names)} class names for {len(W)} class embeddings")
-        self.class_embeddings_ = W
-        self.classes_ = np.arange(len(W))
-        self.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(len(W))]
-        self.n_features_in_ = W.shape[1]
+        set_class_embeddings(self, classes, class_names)
+        self.classes_ = np.arange(len(self.class_embeddings_))
         return self
 
     def decision_function(self, X) -> np.ndarray:
