@@ -21,6 +21,13 @@ def test_ridge_projection_recovers_a_linear_map():
     torch.testing.assert_close(weight, true_map.T, atol=1e-4, rtol=1e-4)
 
 
+def test_ridge_projection_stays_at_its_prior_when_rows_are_few():
+    g = torch.Generator().manual_seed(0)
+    features, true_map = torch.randn(8, 12, generator=g), torch.randn(12, 5, generator=g)  # 8 rows, 12 unknowns
+    assert (ridge_projection(features, features @ true_map) - true_map.T).abs().max() > 0.1
+    torch.testing.assert_close(ridge_projection(features, features @ true_map, prior=true_map.T), true_map.T)
+
+
 @pytest.fixture(scope="module")
 def tiny_student(tiny_backbone, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("distill")

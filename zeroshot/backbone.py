@@ -306,6 +306,8 @@ def _load_folder(folder: Path, device: str, precision: str, decode: str) -> Back
         import open_clip
         from safetensors.torch import load_file
 
+        from . import students  # noqa: F401  (a distilled student may use one of our timm architectures)
+
         text_cfg = resolved_text_cfg(model_cfg)
         if "hf_model_name" in text_cfg:
             text_cfg["hf_model_pretrained"] = text_from_package

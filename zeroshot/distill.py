@@ -29,19 +29,26 @@ from .extraction import decode_all, default_cache_dir
 from .features import FeatureSet
 from .images import ImageTransform
 
-DEFAULT_STUDENT = "regnetx_002"
+DEFAULT_STUDENT = "resnet10t_050"  # zeroshot.students: half-width resnet10t, the default model's tower
 
 
-def ridge_projection(features: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """argmin_P ||B P - T||^2 + ridge * ||P||^2, returned as a (D, F) Linear weight."""
+def ridge_projection(features: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3,
+                     prior: torch.Tensor | None = None) -> torch.Tensor:
+    """argmin_P ||B P - T||^2 + ridge * n * ||P - P0||^2, returned as a (D, F) Linear weight; ``prior`` is P0 as a
+    (D, F) weight (default 0): with few rows the solution stays near it, with many it is the least-squares map."""
     b = features.double()
     gram = b.T @ b + ridge * len(b) * torch.eye(b.shape[1], dtype=torch.float64)
-    return torch.linalg.solve(gram, b.T @ targets.double()).T.float()
+    rhs = b.T @ targets.double()
+    if prior is not None:
+        rhs += ridge * len(b) * prior.T.double()
+    return torch.linalg.solve(gram, rhs).T.float()
 
 
 def student_tower(student: str, embed_dim: int, image_size: int):
     """open_clip's timm tower (trunk + linear projection); refuses trunks it would project wrongly."""
     from open_clip.timm_model import TimmModel
+
+    from . import students  # noqa: F401  (registers our student architectures with timm)
 
     tower = TimmModel(student, embed_dim=embed_dim, image_size=image_size, pool="avg", proj="linear")
     pooled_width = getattr(tower.trunk, "head_hidden_size", None) or tower.trunk.num_features
@@ -55,13 +62,16 @@ def student_tower(student: str, embed_dim: int, image_size: int):
 def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str | os.PathLike, *,
             student: str = DEFAULT_STUDENT, loss: str = "cosine", views: int = 5, epochs: int = 10,
             batch_size: int = 128, lr: float = 2e-3, seed: int = 0, anchors: np.ndarray | None = None,
-            affinity_weight: float = 0.0, init: str | os.PathLike | None = None, max_minutes: float | None = None, max_steps: int | None = None,
+            affinity_weight: float = 0.0, init: str | os.PathLike | None = None, max_minutes: float | None = None,
+            max_steps: int | None = None,
             holdout: float = 0.02, cache_dir: str | os.PathLike | None = None,
             progress: bool = True) -> Backbone:
     """Train ``student`` on ``data`` (labels unused) to reproduce ``teacher``'s image embeddings; returns it loaded.
 
     ``anchors`` (M, D): teacher text embeddings (e.g. class prompts of any label set) for the affinity loss term.
-    ``init``: a student folder (same ``student`` architecture) to continue from instead of a fresh trunk + ridge.
+    ``init``: a student folder (same ``student`` architecture) to continue from, or ``"teacher"`` to start a
+    narrower copy of a ResNet teacher from its weights (``zeroshot.students.narrow_copy``); default: a fresh trunk.
+    Fresh and teacher-copied trunks get a least-squares projection before training.
     The student takes the teacher's input size and normalisation.
     """
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
@@ -69,6 +79,17 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     transform = teacher.transform
     torch.manual_seed(seed)
     tower = student_tower(student, teacher.embed_dim, transform.size)
+    prior = None
+    if init == "teacher":
+        from .students import narrow_copy
+
+        teacher_tower = teacher.model.visual
+        kept = narrow_copy(getattr(teacher_tower, "trunk", teacher_tower), tower.trunk)
+        projection = getattr(getattr(teacher_tower, "head", None), "proj", None)
+        if isinstance(projection, torch.nn.Linear):
+            prior = projection.weight.detach().float()[:, kept]
+    elif init is not None:
+        _load_visual(tower, Path(init))
     if anchors is not None:
         anchors = np.asarray(anchors, np.float32)
         if anchors.ndim != 2 or anchors.shape[1] != teacher.embed_dim:
@@ -90,10 +111,8 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = max(1, int(holdout * len(images)))
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    if init is None:
-        _warm_start(tower, transform, images[train], torch.as_tensor(targets[0, train]), batch_size)
-    else:
-        _load_visual(tower, Path(init))
+    if init is None or init == "teacher":
+        _warm_start(tower, transform, images[train], torch.as_tensor(targets[0, train]), batch_size, prior)
 
     val_images, val_targets = images[val], torch.as_tensor(targets[:, val])
 
@@ -110,7 +129,8 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     folder = _save_student(teacher, tower, student, transform, out / "model")
     (out / "model" / "distillation.json").write_text(json.dumps({
         **summary, "held_out_cosine": summary["best_score"], "teacher": teacher.name,
-        "teacher_fingerprint": teacher.fingerprint, "data": dataset.location, "images": len(images),
+        "teacher_fingerprint": teacher.fingerprint, "data": getattr(dataset, "shards", dataset.location),
+        "images": len(images),
         "views": views, "held_out": n_val, "skipped": failed}, indent=1))
     return load_backbone(folder, device="cpu")
 
@@ -166,13 +186,15 @@ def _load_visual(tower, folder: Path) -> None:
         raise ValueError(f"{folder} does not hold weights for this student architecture: {exc}") from None
 
 
-def _warm_start(tower, transform: ImageTransform, images: torch.Tensor, targets: torch.Tensor, batch_size: int):
-    """Least-squares projection on the (random or pretrained) trunk's pooled features of the clean view."""
+def _warm_start(tower, transform: ImageTransform, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
+                prior: torch.Tensor | None = None):
+    """Least-squares projection on the (random, pretrained or teacher-copied) trunk's pooled features of the clean
+    view, shrunk towards ``prior`` (a (D, F) weight, e.g. the teacher's projection on the channels kept)."""
     tower.eval()
     with torch.inference_mode():
         pooled = torch.cat([tower.trunk(transform.normalize(images[i:i + batch_size])).float()
                             for i in range(0, len(images), batch_size)])
-    tower.head.proj.weight.data.copy_(ridge_projection(pooled, targets))
+    tower.head.proj.weight.data.copy_(ridge_projection(pooled, targets, prior=prior))
     tower.train()
 
 
