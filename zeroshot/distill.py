@@ -130,8 +130,7 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     (out / "model" / "distillation.json").write_text(json.dumps({
         **summary, "held_out_cosine": summary["best_score"], "teacher": teacher.name,
         "teacher_fingerprint": teacher.fingerprint, "data": getattr(dataset, "shards", dataset.location),
-        "images": len(images),
-        "views": views, "held_out": n_val, "skipped": failed}, indent=1))
+        "images": len(images), "views": views, "held_out": n_val, "skipped": failed}, indent=1))
     return load_backbone(folder, device="cpu")
 
 
