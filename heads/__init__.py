@@ -17,7 +17,4 @@ HEADS = {cls.__name__: cls for cls in (ZeroShotClassifier,
                                           TemperatureScaling, PriorCorrection,
                                           MCM, MaxLogit, Energy, Mahalanobis, RelativeMahalanobis, KNN, CLIPN)}
 
-__all__ = ["Head", "ZeroShotClassifier", "load_head", "softmax", "HEADS"]
-__all__ += ["OODDetector", "MCM", "MaxLogit", "Energy", "Mahalanobis", "RelativeMahalanobis", "KNN", "CLIPN"]
-__all__ += ["LinearProbe", "TipAdapter", "TipAdapterF", "GDA", "CapSAdapter", "ZLaP", "TEEN", "TemperatureScaling",
-            "PriorCorrection"]
+__all__ = ["Head", "OODDetector", "load_head", "softmax", "HEADS", *HEADS]

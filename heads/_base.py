@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from zeroshot.features import check_features
@@ -42,6 +42,21 @@ def set_class_embeddings(head, classes, class_names: list[str] | None) -> None:
     head.class_embeddings_ = W
     head.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(len(W))]
     head.n_features_in_ = W.shape[1]
+
+
+class ArgmaxClassifier(ClassifierMixin):
+    """``predict``: the class with the highest ``decision_function`` score."""
+
+    def predict(self, X) -> np.ndarray:
+        scores = self.decision_function(X)  # first: it raises NotFittedError on an unfitted head
+        return self.classes_[scores.argmax(axis=1)]
+
+
+class SoftmaxClassifier(ArgmaxClassifier):
+    """``predict_proba``: the softmax of ``decision_function`` (logits)."""
+
+    def predict_proba(self, X) -> np.ndarray:
+        return softmax(self.decision_function(X))
 
 
 class Head(BaseEstimator):

@@ -6,11 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.base import ClassifierMixin
 
 from zeroshot.features import check_features
 
-from ._base import Head, check_class_embeddings, softmax
+from ._base import Head, SoftmaxClassifier, check_class_embeddings
 
 
 def check_labels(y, n_rows: int, n_classes: int | None = None, *, name: str = "y") -> np.ndarray:
@@ -109,7 +108,7 @@ class Support:
         return Support(self.X[rows], self.y[rows], self.n_classes, {k: v[rows] for k, v in self.extra.items()})
 
 
-class FewShotClassifier(ClassifierMixin, Head):
+class FewShotClassifier(SoftmaxClassifier, Head):
     """Template for heads fitted on labelled shots (+ class text embeddings).
 
     ``fit`` validates the support set, carves a stratified, seeded validation split from it (or takes the given
@@ -209,9 +208,3 @@ class FewShotClassifier(ClassifierMixin, Head):
     def decision_function(self, X) -> np.ndarray:
         return self._logits(self._check_X(X))
 
-    def predict_proba(self, X) -> np.ndarray:
-        return softmax(self.decision_function(X))
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(X)  # first: it raises NotFittedError on an unfitted head
-        return self.classes_[scores.argmax(axis=1)]

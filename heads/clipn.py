@@ -11,7 +11,7 @@ import numpy as np
 from scipy.special import log_expit, logsumexp
 
 from ._base import check_class_embeddings
-from .ood import TextOODDetector
+from .ood import TextOODDetector, _check_positive
 
 INFERENCES = ("atd", "ctw")
 
@@ -40,8 +40,7 @@ class CLIPN(TextOODDetector):
         """``classes``: (C, D) "yes" class embeddings; ``no_classes``: the matching (C, D) "no" embeddings."""
         if self.inference not in INFERENCES:
             raise ValueError(f"inference must be one of {INFERENCES}, got {self.inference!r}")
-        if not self.logit_scale > 0:
-            raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
+        _check_positive(self.logit_scale, "logit_scale")
         W_no = check_class_embeddings(no_classes, name="no_classes")
         super().fit(X, y, classes=classes, class_names=class_names)
         if W_no.shape != self.class_embeddings_.shape:

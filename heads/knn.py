@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ood import OODDetector, unit_features
+from zeroshot.index import unit_rows
+
+from .ood import OODDetector
 
 
 class KNN(OODDetector):
@@ -33,7 +35,7 @@ class KNN(OODDetector):
         """``X``: (N, D) ID training features. ``y`` and ``classes`` are unused (one contract for detectors)."""
         import faiss
 
-        X = unit_features(X)
+        X = unit_rows(X)
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.fraction < 1:
@@ -43,7 +45,6 @@ class KNN(OODDetector):
         if not 1 <= k <= len(X):
             raise ValueError(f"k must be between 1 and the {len(X)} indexed ID samples, got {k}")
         index = faiss.index_factory(X.shape[1], self.index, faiss.METRIC_INNER_PRODUCT)
-        X = np.ascontiguousarray(X)
         if not index.is_trained:
             index.train(X)
         index.add(X)
@@ -65,7 +66,7 @@ class KNN(OODDetector):
         return self._index
 
     def score_samples(self, X) -> np.ndarray:
-        X = np.ascontiguousarray(self._check_X(X))
+        X = self._check_X(X)
         inner, _ = self._search_index().search(X, self.k_)
         # an approximate index may find fewer than k neighbours (-FLT_MAX): count them as the farthest point (-1)
         ip_k = np.clip(inner[:, self.k_ - 1].astype(np.float64), -1.0, 1.0)

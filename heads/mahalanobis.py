@@ -8,7 +8,9 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky, solve_triangular
 from sklearn.covariance import ledoit_wolf_shrinkage
 
-from .ood import OODDetector, unit_features
+from zeroshot.index import unit_rows
+
+from .ood import OODDetector
 
 CHUNK_ROWS = 8192  # rows whitened at once (12 MB of float32 for D = 384)
 
@@ -91,7 +93,7 @@ class Mahalanobis(OODDetector):
 
     def fit(self, X, y=None, *, classes=None) -> "Mahalanobis":
         """``X``: (N, D) ID training features, ``y``: their class labels. ``classes`` is unused (one contract)."""
-        self._fit_gaussians(unit_features(X), y)
+        self._fit_gaussians(unit_rows(X), y)
         return self
 
     def _fit_gaussians(self, X: np.ndarray, y) -> np.ndarray:
@@ -134,7 +136,7 @@ class RelativeMahalanobis(Mahalanobis):
         if y is None or len(np.unique(np.asarray(y))) < 2:
             raise ValueError("RelativeMahalanobis needs labels of at least two ID classes: with one class the "
                              "class and background Gaussians coincide and every score is 0")
-        centred = self._fit_gaussians(unit_features(X), y)
+        centred = self._fit_gaussians(unit_rows(X), y)
         self.background_whitener_ = _whitener(centred, len(centred) - 1, self.shrinkage, self.eps)
         return self
 

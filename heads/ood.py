@@ -6,39 +6,20 @@ float32; input rows are checked (shape, NaN) and renormalised with a warning whe
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.utils.validation import check_is_fitted
 
-from zeroshot.features import check_features
+from zeroshot.index import unit_rows
 
 from ._base import Head, set_class_embeddings
-
-NORM_TOLERANCE = 1e-3
-
-
-def unit_features(X, *, dim: int | None = None, name: str = "X") -> np.ndarray:
-    """Checked float32 features with unit rows; rows off by more than 1e-3 (fp16 caches, raw encoder output) are
-    renormalised with a warning (ood_scores.md 5)."""
-    X = check_features(X, dim=dim, name=name)
-    sq_norms = np.einsum("ij,ij->i", X, X)
-    if len(X) and np.abs(np.sqrt(sq_norms) - 1).max() > NORM_TOLERANCE:
-        if (sq_norms == 0).any():
-            raise ValueError(f"{name} has all-zero rows: they have no direction to score; drop them")
-        warnings.warn(f"{name} rows are not unit length (norms {np.sqrt(sq_norms.min()):.4g}.."
-                      f"{np.sqrt(sq_norms.max()):.4g}): renormalising them", UserWarning, stacklevel=3)
-        X = X / np.sqrt(sq_norms)[:, None]
-    return X
-
 
 class OODDetector(Head):
     """Base of every OOD detector: ``score_samples(X) -> (N,)`` float32, higher = more in-distribution."""
 
     def _check_X(self, X) -> np.ndarray:
         check_is_fitted(self, self._fitted_arrays[0])
-        return unit_features(X, dim=self.n_features_in_)
+        return unit_rows(X, dim=self.n_features_in_)
 
     def score_samples(self, X) -> np.ndarray:
         raise NotImplementedError

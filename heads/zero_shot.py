@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import ClassifierMixin
 
-from ._base import Head, set_class_embeddings, softmax
+from ._base import Head, SoftmaxClassifier, set_class_embeddings
 
 
-class ZeroShotClassifier(ClassifierMixin, Head):
+class ZeroShotClassifier(SoftmaxClassifier, Head):
     """Logits ``s * X @ W.T`` with W the (C, D) unit class embeddings (prompt-ensembled text embeddings).
 
     ``logit_scale`` s only matters for probabilities and for heads that add these logits to other terms;
@@ -30,9 +29,3 @@ class ZeroShotClassifier(ClassifierMixin, Head):
         X = self._check_X(X)
         return self.logit_scale * (X @ self.class_embeddings_.T)
 
-    def predict_proba(self, X) -> np.ndarray:
-        return softmax(self.decision_function(X))
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(X)  # first: it raises NotFittedError on an unfitted head
-        return self.classes_[scores.argmax(axis=1)]

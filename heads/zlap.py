@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
-from sklearn.base import ClassifierMixin
 
 from zeroshot.features import check_features
 
-from ._base import Head, check_class_embeddings
+from ._base import ArgmaxClassifier, Head, check_class_embeddings
 
 
 def knn(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +65,7 @@ def conjugate_gradient(L: sparse.csr_matrix, B: np.ndarray, tol: float, max_iter
     return Z
 
 
-class ZLaP(ClassifierMixin, Head):
+class ZLaP(ArgmaxClassifier, Head):
     """Zero-shot label propagation: class scores flow from the text nodes through a kNN graph of UNLABELLED images.
 
     ``fit(U, classes=W)`` builds the graph on U and solves ``L z = e_c`` for each class by conjugate gradient:
@@ -104,8 +103,9 @@ class ZLaP(ClassifierMixin, Head):
             raise ValueError(f"{len(class_names)} class names for {len(W)} class embeddings")
         C = len(W)
         L = propagation_matrix(U, W, self.k, self.gamma, self.alpha)
-        Z = conjugate_gradient(L, np.eye(L.shape[0], C), self.tol, self.max_iter)
-        residual = np.linalg.norm(L @ Z - np.eye(len(Z), C), axis=0).max()
+        targets = np.eye(L.shape[0], C)  # one column per class node
+        Z = conjugate_gradient(L, targets, self.tol, self.max_iter)
+        residual = np.linalg.norm(L @ Z - targets, axis=0).max()
         self.cg_ = {"max_residual": float(residual), "max_iter": self.max_iter}
         self.class_embeddings_, self.unlabelled_ = W, U.copy()
         self.node_class_ = Z.argmax(axis=1)
@@ -133,7 +133,3 @@ class ZLaP(ClassifierMixin, Head):
         cells = np.arange(len(X))[:, None] * C + self.node_class_[nodes]
         scores = np.bincount(cells.ravel(), weights.ravel(), minlength=len(X) * C).reshape(len(X), C)
         return self._with_fallback(scores.astype(np.float32), X)
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(X)  # first: it raises NotFittedError on an unfitted head
-        return self.classes_[scores.argmax(axis=1)]
