@@ -19,6 +19,7 @@ import torch
 
 import zeroshot
 from zeroshot.backbone import WEIGHTS_FILE
+from zeroshot.fewshot import sample_shots
 from zeroshot.heads import MCM, LinearProbe, ZeroShotClassifier
 from zeroshot.ood_metrics import auroc
 
@@ -45,11 +46,6 @@ def macs(backbone) -> float:
     return counter.get_total_flops() / 2
 
 
-def shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in np.unique(labels)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("student")
@@ -71,14 +67,14 @@ def main() -> None:
 
     card = zeroshot.load_card("cifar10")
     W = zeroshot.class_embeddings(models["teacher"], card.classes, card.templates)
-    row, features = {}, {}
+    row, features, predictions = {}, {}, {}
     for name, model in models.items():
         test = zeroshot.extract(model, data / "cifar10" / "test.npz", progress=False)
         train = zeroshot.extract(model, data / "cifar10" / "train.npz", progress=False)
         mnist = zeroshot.extract(model, data / "mnist_rgb" / "test.npz", progress=False)
         features[name] = np.asarray(test.features)
-        zero_shot = ZeroShotClassifier().fit(classes=W)
-        support = shots(train.labels, 16, SEED)
+        predictions[name] = ZeroShotClassifier().fit(classes=W).predict(test.features)
+        support = sample_shots(train.labels, 16, SEED)
         probe = LinearProbe(random_state=SEED).fit(train.features[support], train.labels[support])
         mcm = MCM().fit(classes=W)
         mcm_auroc = auroc(mcm.score_samples(test.features), mcm.score_samples(mnist.features))
@@ -88,18 +84,17 @@ def main() -> None:
             "image_params_M": round(sum(p.numel() for p in model.model.visual.parameters()) / 1e6, 2),
             "image_MMACs": round(macs(model) / 1e6, 1),
             "weights_MB": round((folder / WEIGHTS_FILE).stat().st_size / 2**20, 1),
-            "cifar10_zero_shot_top1": float((zero_shot.predict(test.features) == test.labels).mean()),
+            "cifar10_zero_shot_top1": float((predictions[name] == test.labels).mean()),
             "cifar10_linear_probe_16shot_top1": float((probe.predict(test.features) == test.labels).mean()),
             "mcm_auroc_cifar10_vs_mnist": round(float(mcm_auroc), 4),
         }
-        row[name]["_predictions"] = zero_shot.predict(test.features)
     teacher, student = row["teacher"], row["student"]
     row["student_vs_teacher"] = {
         "speed": round(student["img_s_batch32"] / teacher["img_s_batch32"], 2),
         "zero_shot_retained": round(student["cifar10_zero_shot_top1"] / teacher["cifar10_zero_shot_top1"], 3),
         "linear_probe_retained": round(student["cifar10_linear_probe_16shot_top1"]
                                        / teacher["cifar10_linear_probe_16shot_top1"], 3),
-        "top1_agreement": float((student.pop("_predictions") == teacher.pop("_predictions")).mean()),
+        "top1_agreement": float((predictions["student"] == predictions["teacher"]).mean()),
         "mean_cosine_cifar10": round(float((features["student"] * features["teacher"]).sum(1).mean()), 4),
         "size": round(student["weights_MB"] / teacher["weights_MB"], 2),
     }
