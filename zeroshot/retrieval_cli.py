@@ -87,7 +87,6 @@ def cmd_search(args) -> None:
             from .cli import backbone_from_args
 
             backbone = backbone_from_args(args)
-            index.check_fingerprint(backbone.fingerprint)  # before the network is built
             if args.text:
                 queries, hits = args.text, search_text(index, backbone, args.text, args.k, args.template)
             else:

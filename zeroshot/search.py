@@ -68,14 +68,14 @@ def search_text(index: Index, backbone, texts: list[str], k: int = 10,
     """The k images most similar to each text (free text or class names; optional prompt templates)."""
     index.check_fingerprint(backbone.fingerprint)
     queries = text_features(backbone, texts, templates)
-    return _hits(index, *index.search_positions(queries, k, fingerprint=backbone.fingerprint), k)
+    return _hits(index, *index.search_positions(queries, k), k)
 
 
 def search_images(index: Index, backbone, images: list[str | os.PathLike | bytes], k: int = 10) -> list[list[Hit]]:
     """The k indexed images most similar to each new image file (or encoded bytes)."""
     index.check_fingerprint(backbone.fingerprint)
     queries = image_features(backbone, images)
-    return _hits(index, *index.search_positions(queries, k, fingerprint=backbone.fingerprint), k)
+    return _hits(index, *index.search_positions(queries, k), k)
 
 
 def search_ids(index: Index, ids: list, k: int = 10) -> list[list[Hit]]:
@@ -91,5 +91,6 @@ def text_to_image_recall(index: Index, backbone, texts: list[str], owners: list,
         raise ValueError(f"{len(texts)} texts but {len(owners)} owner ids")
     owner_rows = index.positions(owners)
     _, found = index.search_positions(text_features(backbone, texts), max(ks), fingerprint=backbone.fingerprint)
-    rank = np.where((found == owner_rows[:, None]).any(axis=1), (found == owner_rows[:, None]).argmax(axis=1), max(ks))
+    hit = found == owner_rows[:, None]
+    rank = np.where(hit.any(axis=1), hit.argmax(axis=1), max(ks))
     return {f"recall@{k}": float((rank < k).mean()) for k in ks}

@@ -92,9 +92,8 @@ class SearchService:
             raise ApiError(400, str(exc)) from None
 
     def _answer(self, query: dict, k: int, hits: list[Hit]) -> dict:
-        has_file = self.index.paths is not None
         return {"query": query, "k": k, "results": [
-            {"id": h.id, "score": h.score, "image": f"/images/{quote(str(h.id), safe='')}" if has_file and h.path else None}
+            {"id": h.id, "score": h.score, "image": f"/images/{quote(str(h.id), safe='')}" if h.path else None}
             for h in hits]}
 
     def image_file(self, image_id: str) -> Path:
