@@ -12,20 +12,27 @@ from pathlib import Path
 
 import numpy as np
 
-from .heads import GDA, TEEN, CapSAdapter, LinearProbe, TipAdapter, TipAdapterF, ZeroShotClassifier, ZLaP
-from .heads._fewshot import check_labels, class_ranks
-
+# Head classes by name in zeroshot.heads, imported when a head is built: the CLI parser imports this module, and
+# every command would otherwise pay for scikit-learn and SciPy at start-up.
 SUPERVISED = {
-    "linear-probe": lambda seed: LinearProbe(random_state=seed),
-    "linear-probe-zs": lambda seed: LinearProbe(init="zero-shot", random_state=seed),
-    "tip": lambda seed: TipAdapter(random_state=seed),
-    "tip-f": lambda seed: TipAdapterF(random_state=seed),
-    "gda": lambda seed: GDA(random_state=seed),
-    "caps": lambda seed: CapSAdapter(random_state=seed),
-    "teen": lambda seed: TEEN(random_state=seed),
+    "linear-probe": ("LinearProbe", {}),
+    "linear-probe-zs": ("LinearProbe", {"init": "zero-shot"}),
+    "tip": ("TipAdapter", {}),
+    "tip-f": ("TipAdapterF", {}),
+    "gda": ("GDA", {}),
+    "caps": ("CapSAdapter", {}),
+    "teen": ("TEEN", {}),
 }
 LABEL_FREE = ("zero-shot", "zlap", "zlap-inductive")  # no shots: one row each, shots = 0
 HEAD_NAMES = LABEL_FREE + tuple(SUPERVISED)
+
+
+def new_head(name: str, seed: int):
+    """An unfitted supervised head of the protocol, seeded with the run's seed."""
+    from .heads import HEADS
+
+    cls, kwargs = SUPERVISED[name]
+    return HEADS[cls](**kwargs, random_state=seed)
 
 
 def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -35,6 +42,8 @@ def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     if short.size:
         raise ValueError(f"{k}-shot sampling needs {k} support images per class; classes {short[:10].tolist()} have "
                          f"only {counts[short[:10]].tolist()}")
+    from .heads._fewshot import class_ranks
+
     order, rank = class_ranks(labels, seed)
     return np.sort(order[rank < k])
 
@@ -42,6 +51,8 @@ def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 def split_per_class(labels: np.ndarray, n_support: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split of a single-split dataset: the first ``n_support`` rows of each class (dataset order)
     form the support pool, the rest the test set."""
+    from .heads._fewshot import class_ranks
+
     order, rank = class_ranks(labels, None)
     counts = np.bincount(labels)
     if (counts[counts > 0] <= n_support).any():
@@ -59,6 +70,8 @@ def _timed(fn):
 def _label_free_row(name: str, support_X, test_X, test_y, W) -> dict:
     """Zero-shot; ZLaP transductive (graph on the test set itself); ZLaP inductive (graph on the UNLABELLED support
     pool, queries = the test set)."""
+    from .heads import ZeroShotClassifier, ZLaP
+
     if name == "zero-shot":
         head, fit_s = _timed(lambda: ZeroShotClassifier().fit(classes=W))
         scores, predict_s = _timed(lambda: head.decision_function(test_X))
@@ -78,7 +91,8 @@ def _supervised_row(name: str, k: int, seed: int, X, y, test_X, test_y, W) -> di
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            head, fit_s = _timed(lambda: SUPERVISED[name](seed).fit(X, y, classes=W))
+            head = new_head(name, seed)
+            _, fit_s = _timed(lambda: head.fit(X, y, classes=W))
             pred, predict_s = _timed(lambda: head.predict(test_X))
         except ValueError as exc:  # e.g. GDA with one shot per class: no covariance can be estimated
             return {**row, "acc1": None, "fit_s": "", "predict_s": "", "search": "", "val_accuracy": "",
@@ -97,18 +111,25 @@ def run_fewshot(support_X, support_y, test_X, test_y, class_embeddings, *, shots
     unknown = [h for h in heads if h not in HEAD_NAMES]
     if unknown:
         raise ValueError(f"unknown heads {unknown}; choose from {', '.join(HEAD_NAMES)}")
+    from .heads._fewshot import check_labels
+
     support_y = check_labels(support_y, len(support_X), len(class_embeddings), name="support labels")
     test_y = check_labels(test_y, len(test_X), len(class_embeddings), name="test labels")
     rows = [_label_free_row(h, support_X, test_X, test_y, class_embeddings) for h in heads if h in LABEL_FREE]
-    runs = [(k, seed, h) for k in shots for seed in seeds for h in heads if h in SUPERVISED]
-    for i, (k, seed, name) in enumerate(runs):
-        rows_k = sample_shots(support_y, k, seed)
-        rows.append(_supervised_row(name, k, seed, support_X[rows_k], support_y[rows_k], test_X, test_y,
-                                    class_embeddings))
-        if progress:
-            acc = rows[-1]["acc1"]
-            print(f"[{i + 1}/{len(runs)}] {name} {k}-shot seed {seed}: "
-                  + (f"top-1 {acc:.4f}" if acc is not None else f"not fitted: {rows[-1]['error']}"), file=sys.stderr)
+    names = [h for h in heads if h in SUPERVISED]
+    n_runs, done = len(shots) * len(seeds) * len(names), 0
+    for k in shots:
+        for seed in seeds:
+            rows_k = sample_shots(support_y, k, seed)  # one draw of shots for every head
+            X, y = support_X[rows_k], support_y[rows_k]
+            for name in names:
+                rows.append(_supervised_row(name, k, seed, X, y, test_X, test_y, class_embeddings))
+                done += 1
+                if progress:
+                    acc = rows[-1]["acc1"]
+                    print(f"[{done}/{n_runs}] {name} {k}-shot seed {seed}: "
+                          + (f"top-1 {acc:.4f}" if acc is not None else f"not fitted: {rows[-1]['error']}"),
+                          file=sys.stderr)
     return rows
 
 
