@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import math
 import os
@@ -29,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from .align import Targets
-from .features import FeatureSet, atomic_save_npy, check_features, load_npy
-from .prompts import build_prompts
+from .features import FeatureSet, check_features
+from .prompts import build_prompts, cached_text_array
 
 NEGATION_JSON, NEGATION_WEIGHTS = "negation.json", "negation.safetensors"
 
@@ -204,16 +203,8 @@ def _validate(images, texts, groups, U, V, logit_scale) -> dict:
 
 def encode_texts_cached(backbone, texts: list[str], cache_dir: str | os.PathLike | None = None) -> np.ndarray:
     """``backbone.encode_texts(texts)``, kept under ``cache_dir/<fingerprint>/text/`` when a cache is given."""
-    if cache_dir is None:
-        return backbone.encode_texts(texts)
-    key = hashlib.sha256(json.dumps([backbone.fingerprint, "texts", texts]).encode()).hexdigest()[:24]
-    path = Path(cache_dir).expanduser() / backbone.fingerprint / "text" / f"{key}.npy"
-    if path.is_file():
-        return np.array(load_npy(path, mmap=False))
-    encoded = backbone.encode_texts(texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(path, encoded)
-    return encoded
+    return cached_text_array(backbone, [backbone.fingerprint, "texts", texts], lambda: backbone.encode_texts(texts),
+                             cache_dir)
 
 
 def caption_targets(images: FeatureSet, captions_csv: str | os.PathLike, backbone, *, first: int | None = None,

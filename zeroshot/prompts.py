@@ -98,20 +98,30 @@ def class_embeddings(backbone, classes: list[str], templates: list[str] | dict[s
     """
     templates = templates if templates is not None else ["a photo of a {}."]
     prompts = build_prompts(list(classes), templates)
-    path = None
-    if cache_dir is not None:
-        key = hashlib.sha256(json.dumps([backbone.fingerprint, prompts]).encode()).hexdigest()[:24]
-        path = Path(cache_dir) / backbone.fingerprint / "text" / f"{key}.npy"
-        if path.is_file():
-            return np.array(load_npy(path, mmap=False))
+    return cached_text_array(backbone, [backbone.fingerprint, prompts], lambda: _prompt_ensembles(backbone, prompts),
+                             cache_dir)
+
+
+def _prompt_ensembles(backbone, prompts: list[list[str]]) -> np.ndarray:
+    """(C, D) float32: per class, the renormalised mean of its normalised prompt embeddings."""
     flat = [p for group in prompts for p in group]
     encoded = backbone.encode_texts(flat).astype(np.float64)
     encoded /= np.linalg.norm(encoded, axis=1, keepdims=True)
     counts = np.array([len(g) for g in prompts])
     sums = np.add.reduceat(encoded, np.concatenate([[0], np.cumsum(counts)[:-1]]), axis=0)
     weights = sums / counts[:, None]
-    weights = (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_npy(path, weights)
-    return weights
+    return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
+
+
+def cached_text_array(backbone, key: list, compute, cache_dir: str | os.PathLike | None) -> np.ndarray:
+    """``compute()``, kept as ``cache_dir/<fingerprint>/text/<sha256 of key>.npy`` when a cache is given."""
+    if cache_dir is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+    path = Path(cache_dir).expanduser() / backbone.fingerprint / "text" / f"{digest}.npy"
+    if path.is_file():
+        return np.array(load_npy(path, mmap=False))
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(path, result)
+    return result
