@@ -34,13 +34,20 @@ def check_class_embeddings(W, name: str = "classes") -> np.ndarray:
     return (W / norms).astype(np.float32)
 
 
+def checked_class_names(class_names: list[str] | None, n_classes: int, what: str = "class embeddings") -> list[str]:
+    """The given names, one per class, or "0" .. "C-1" when there are none."""
+    if class_names is None:
+        return [str(i) for i in range(n_classes)]
+    if len(class_names) != n_classes:
+        raise ValueError(f"{len(class_names)} class names for {n_classes} {what}")
+    return list(class_names)
+
+
 def set_class_embeddings(head, classes, class_names: list[str] | None) -> None:
     """Store checked (C, D) class embeddings and their names on ``head`` (shared by the text-only heads)."""
     W = check_class_embeddings(classes)
-    if class_names is not None and len(class_names) != len(W):
-        raise ValueError(f"{len(class_names)} class names for {len(W)} class embeddings")
+    head.class_names_ = checked_class_names(class_names, len(W))
     head.class_embeddings_ = W
-    head.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(len(W))]
     head.n_features_in_ = W.shape[1]
 
 

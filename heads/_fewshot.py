@@ -9,7 +9,7 @@ import numpy as np
 
 from zeroshot.features import check_features
 
-from ._base import Head, SoftmaxClassifier, check_class_embeddings
+from ._base import Head, SoftmaxClassifier, check_class_embeddings, checked_class_names
 
 
 def check_labels(y, n_rows: int, n_classes: int | None = None, *, name: str = "y") -> np.ndarray:
@@ -139,8 +139,7 @@ class FewShotClassifier(SoftmaxClassifier, Head):
         y = check_labels(y, len(X), None if W is None else len(W))
         n_classes = len(W) if W is not None else int(y.max()) + 1
         counts = shot_counts(y, n_classes)
-        if class_names is not None and len(class_names) != n_classes:
-            raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
+        names = checked_class_names(class_names, n_classes, "classes")
         support = Support(X, y, n_classes, extra or {})
         chosen, search, val_rows = self._choose(support, W, X_val, y_val)
         self._build(support, W, **chosen)  # first: a head that cannot be built is left unfitted
@@ -148,7 +147,7 @@ class FewShotClassifier(SoftmaxClassifier, Head):
         self.search_ = search | {"shots_per_class": [int(counts.min()), int(counts.max())]}
         self.val_index_ = val_rows
         self.classes_ = np.arange(n_classes)
-        self.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
+        self.class_names_ = names
         self.n_features_in_ = X.shape[1]
         return self
 

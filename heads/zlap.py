@@ -6,7 +6,7 @@ from scipy import sparse
 
 from zeroshot.features import check_features
 
-from ._base import ArgmaxClassifier, Head, check_class_embeddings
+from ._base import ArgmaxClassifier, Head, check_class_embeddings, checked_class_names
 
 
 def knn(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +99,7 @@ class ZLaP(ArgmaxClassifier, Head):
         U = check_features(X, dim=W.shape[1], name="unlabelled features X")
         if len(U) == 0:
             raise ValueError("ZLaP needs unlabelled images to build its graph: X is empty")
-        if class_names is not None and len(class_names) != len(W):
-            raise ValueError(f"{len(class_names)} class names for {len(W)} class embeddings")
+        names = checked_class_names(class_names, len(W))
         C = len(W)
         L = propagation_matrix(U, W, self.k, self.gamma, self.alpha)
         targets = np.eye(L.shape[0], C)  # one column per class node
@@ -113,7 +112,7 @@ class ZLaP(ArgmaxClassifier, Head):
         self.transductive_scores_ = self._with_fallback(Z[C:].astype(np.float32), U)
         self.transduction_ = self.transductive_scores_.argmax(axis=1)
         self.classes_ = np.arange(C)
-        self.class_names_ = list(class_names) if class_names is not None else [str(i) for i in range(C)]
+        self.class_names_ = names
         self.n_features_in_ = W.shape[1]
         return self
 
