@@ -19,7 +19,7 @@ Pair = tuple[torch.nn.Conv2d, torch.nn.BatchNorm2d]
 
 @register_model
 def resnet10t_050(pretrained: bool = False, **kwargs) -> ResNet:
-    """resnet10t at half width (stem 12/16/32, stages 32-256): a quarter of its MACs, 3.2x its images/s on a
+    """resnet10t at half width (stem 12/16/32, stages 32-256): a quarter of its MACs, about 3x its images/s on a
     2-core CPU at 64 px (model_zoo.md, "Distilled students")."""
     args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=16,
                 stem_type="deep_tiered", avg_down=True)
