@@ -317,11 +317,26 @@ def test_gda_two_shots_falls_back_to_default_alpha_with_the_reason(problem):
 # ---------------------------------------------------------------- linear probe
 
 
+def _logistic_objective(coef, intercept, X, y, C):
+    """scikit-learn's multinomial objective divided by n: mean cross-entropy + ||W||^2 / (2 C n)."""
+    Z = X.astype(np.float64) @ np.asarray(coef, np.float64).T + intercept
+    log_p = Z - Z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    return -log_p[np.arange(len(y)), y].mean() + (np.asarray(coef, np.float64) ** 2).sum() / (2 * C * len(y))
+
+
 def test_linear_probe_matches_sklearn_logistic_regression(problem):
+    """Both solvers guarantee a near-minimum of the same convex objective, not identical parameters (their
+    stopping rules differ and change between scikit-learn releases): compare the objective they reach and the
+    predictions, not the probabilities to 4 decimals."""
     W, X, y, X_test, _ = problem
     probe = LinearProbe(C=2.0, tol=1e-8).fit(X, y)
     reference = LogisticRegression(C=2.0, tol=1e-8, max_iter=1000).fit(X, y)
-    np.testing.assert_allclose(probe.predict_proba(X_test), reference.predict_proba(X_test), atol=2e-4)
+    ours = _logistic_objective(probe.coef_, probe.intercept_, X, y, 2.0)
+    theirs = _logistic_objective(reference.coef_, reference.intercept_, X, y, 2.0)
+    assert ours <= theirs + 1e-6 * theirs  # at least as close to the minimum as scikit-learn gets
+    assert abs(ours - theirs) <= 1e-5 * theirs
+    np.testing.assert_array_equal(probe.predict(X_test), reference.predict(X_test))
 
 
 def test_linear_probe_separates_two_blobs(rng):
