@@ -2,7 +2,7 @@
 
 What this is: CLIPN's two threshold-free inference rules on any pair of (C, D) class embeddings, ``W_yes`` from the
 ordinary text tower and ``W_no`` from a "no" text side, e.g. the negation map trained on CPU by
-:mod:`zeroshot.clipn_train`, or hand-written negated prompts ("a photo without a {}."). What it is not: CLIPN's
+:mod:`zeroshot.train.negation`, or hand-written negated prompts ("a photo without a {}."). What it is not: CLIPN's
 released model (a ViT-B/16 with a "no" copy of its text tower trained on CC3M); no CLIPN weights are used here.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zeroshot.index import unit_rows
+from zeroshot.features import unit_rows
 
 from .ood import OODDetector
 

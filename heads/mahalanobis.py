@@ -8,7 +8,7 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky, solve_triangular
 from sklearn.covariance import ledoit_wolf_shrinkage
 
-from zeroshot.index import unit_rows
+from zeroshot.features import unit_rows
 
 from .ood import OODDetector
 

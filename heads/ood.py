@@ -10,7 +10,7 @@ import numpy as np
 from scipy.special import logsumexp
 from sklearn.utils.validation import check_is_fitted
 
-from zeroshot.index import unit_rows
+from zeroshot.features import unit_rows
 
 from ._base import Head, set_class_embeddings
 

@@ -1,6 +1,6 @@
 """Few-shot benchmark on the default model's features, and the speed of the training-free heads.
 
-Accuracy (CoOp-style protocol, ``zeroshot.fewshot``): CIFAR-10 with shots drawn from train.npz and top-1 on
+Accuracy (CoOp-style protocol, ``zeroshot.evaluation.fewshot``): CIFAR-10 with shots drawn from train.npz and top-1 on
 test.npz; Tiny ImageNet val split per class into the first 16 images (support pool) and the other 34 (test);
 1/2/4/8/16 shots, seeds 1,2,3, every head; hyperparameters searched on a split of the shots only.
 Speed: each training-free head fitted on the Tiny ImageNet support pool (16 shots x 200 classes, 384-d) with its
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import zeroshot
-from zeroshot.fewshot import HEAD_NAMES, markdown_table, run_fewshot, sample_shots, split_per_class, write_report
+from zeroshot.evaluation.fewshot import HEAD_NAMES, markdown_table, run_fewshot, sample_shots, split_per_class, write_report
 from zeroshot.heads import (GDA, TEEN, CapSAdapter, PriorCorrection, TemperatureScaling, TipAdapter, ZeroShotClassifier,
                             ZLaP, softmax)
 from zeroshot.heads.calibration import calibration_metrics

@@ -22,8 +22,8 @@ import faiss
 import numpy as np
 
 import zeroshot
-from zeroshot.index import Index, ivf_lists, knn_recall, parse_bytes
-from zeroshot.search import text_to_image_recall
+from zeroshot.retrieval.index import Index, ivf_lists, knn_recall, parse_bytes
+from zeroshot.retrieval.search import text_to_image_recall
 
 
 def clustered(n: int, centres: np.ndarray, noise: float, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:

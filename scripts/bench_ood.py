@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 import zeroshot
-from zeroshot.clipn_train import (NegationConfig, caption_targets, class_prompt_targets, join_targets,
+from zeroshot.train.negation import (NegationConfig, caption_targets, class_prompt_targets, join_targets,
                                   train_negation)
 from zeroshot.heads import CLIPN, KNN, MCM
-from zeroshot.ood import DETECTORS, fit_detector, write_report
+from zeroshot.evaluation.ood import DETECTORS, fit_detector, write_report
 from zeroshot.ood_metrics import auroc, evaluate_detectors, markdown_table
 
 SETS = {"cifar10 train": "cifar10/train.npz", "cifar10 test": "cifar10/test.npz", "mnist": "mnist_rgb/test.npz",

@@ -19,7 +19,7 @@ import torch
 
 import zeroshot
 from zeroshot.backbone import WEIGHTS_FILE
-from zeroshot.fewshot import sample_shots
+from zeroshot.evaluation.fewshot import sample_shots
 from zeroshot.heads import MCM, LinearProbe, ZeroShotClassifier
 from zeroshot.ood_metrics import auroc
 

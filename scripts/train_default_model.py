@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zeroshot.align import AlignConfig, Aligner, Targets
+from zeroshot.train.align import AlignConfig, Aligner, Targets
 from zeroshot.backbone import (
     create_untrained_folder, load_backbone, quiet_model_loading, save_backbone_folder, timm_text_pair_config,
 )

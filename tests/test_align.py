@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zeroshot.align import (
+from zeroshot.train.align import (
     AlignConfig, Aligner, Targets, ViewPlan, apply_view, augment, contrastive_loss, teacher_loss,
 )
 from zeroshot.images import ImageTransform

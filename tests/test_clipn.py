@@ -10,8 +10,8 @@ import torch
 from scipy.special import expit
 
 from conftest import shared, unit_rows
-from zeroshot.align import Targets
-from zeroshot.clipn_train import (NegationConfig, NegationMap, caption_targets, class_prompt_targets, clipn_losses,
+from zeroshot.train.align import Targets
+from zeroshot.train.negation import (NegationConfig, NegationMap, caption_targets, class_prompt_targets, clipn_losses,
                                   join_targets, negate, train_negation)
 from zeroshot.features import FeatureSet
 from zeroshot.heads import CLIPN

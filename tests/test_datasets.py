@@ -15,9 +15,9 @@ from PIL import Image
 
 from conftest import shared
 from zeroshot.datasets import (
-    Dataset, FileList, ImageFiles, ImageFolder, NpzArrays, TarShards, decode_raw, expand_shards, open_dataset,
+    Dataset, FileList, ImageFiles, ImageFolder, NpzArrays, TarShards, expand_shards, open_dataset,
 )
-from zeroshot.images import BadImage, ImageTransform, open_image
+from zeroshot.images import BadImage, ImageTransform, decode_raw, open_image
 
 SMALL = ImageTransform(size=8)
 

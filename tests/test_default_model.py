@@ -40,7 +40,7 @@ def test_default_model_zero_shot_beats_chance_on_real_cifar10(tmp_path, no_netwo
 def test_cli_classify_needs_no_model_argument(tmp_path):
     images = sorted(shared("dtd10", "all", "chequered").glob("*.jpg"))[:3]
     env = {k: v for k, v in os.environ.items() if k != "ZEROSHOT_MODEL"} | {"HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "zeroshot.cli", "classify", *map(str, images), "--classes",
+    proc = subprocess.run([sys.executable, "-m", "zeroshot", "classify", *map(str, images), "--classes",
                            "chequered,striped,dotted", "--cache-dir", str(tmp_path), "--quiet", "--device", "cpu"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_MODEL_CFG, shared
 from zeroshot import check_same_space, load_backbone
-from zeroshot.distill import distill, ridge_projection
+from zeroshot.train.distill import distill, ridge_projection
 from zeroshot.heads import ZeroShotClassifier, load_head
 
 

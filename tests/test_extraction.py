@@ -173,7 +173,7 @@ def test_bad_files_are_skipped_and_reported(tiny_backbone, messy_folder, tmp_pat
 def test_cli_classify_messy_folder(tiny_model_dir, messy_folder, tmp_path):
     out = tmp_path / "pred.csv"
     proc = subprocess.run(
-        [sys.executable, "-m", "zeroshot.cli", "classify", str(messy_folder), "--classes", "cat,dog,texture",
+        [sys.executable, "-m", "zeroshot", "classify", str(messy_folder), "--classes", "cat,dog,texture",
          "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "c"), "--output", str(out), "--quiet",
          "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -195,7 +195,7 @@ def csv_rows(path):
 def test_cli_eval_writes_metrics_and_png(tiny_model_dir, cifar_slice, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.run(
-        [sys.executable, "-m", "zeroshot.cli", "eval", "--model", str(tiny_model_dir), "--dataset", str(cifar_slice),
+        [sys.executable, "-m", "zeroshot", "eval", "--model", str(tiny_model_dir), "--dataset", str(cifar_slice),
          "--card", "cifar10", "--cache-dir", str(tmp_path / "c"), "--output", str(out), "--quiet", "--device", "cpu"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -211,7 +211,7 @@ def test_cli_eval_writes_metrics_and_png(tiny_model_dir, cifar_slice, tmp_path):
 ])
 def test_cli_eval_errors_say_what_to_fix(tiny_model_dir, cifar_slice, tmp_path, args, message):
     proc = subprocess.run(
-        [sys.executable, "-m", "zeroshot.cli", "eval", "--model", str(tiny_model_dir), "--dataset", str(cifar_slice),
+        [sys.executable, "-m", "zeroshot", "eval", "--model", str(tiny_model_dir), "--dataset", str(cifar_slice),
          "--cache-dir", str(tmp_path / "c"), "--output", str(tmp_path / "e"), "--quiet", "--device", "cpu", *args],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and message in proc.stderr
@@ -223,7 +223,7 @@ def test_dataset_order_is_deterministic(messy_folder):
 
 def test_cli_extract_saves_a_loadable_feature_set(tiny_model_dir, cifar_slice, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "zeroshot.cli", "extract", str(cifar_slice), "--model", str(tiny_model_dir),
+        [sys.executable, "-m", "zeroshot", "extract", str(cifar_slice), "--model", str(tiny_model_dir),
          "--cache-dir", str(tmp_path / "c"), "--output", str(tmp_path / "fs"), "--quiet", "--device", "cpu",
          "--batch-size", "48", "--workers", "0"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

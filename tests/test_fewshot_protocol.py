@@ -9,7 +9,7 @@ import pytest
 from conftest import shared
 from zeroshot import class_embeddings, extract, load_backbone, load_card
 from zeroshot.cli import main
-from zeroshot.fewshot import markdown_table, run_fewshot, sample_shots, split_per_class, summarise, write_report
+from zeroshot.evaluation.fewshot import markdown_table, run_fewshot, sample_shots, split_per_class, summarise, write_report
 
 
 def test_sample_shots_draws_k_per_class_with_the_seed():

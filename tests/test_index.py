@@ -7,7 +7,7 @@ import pytest
 
 from conftest import unit_rows
 from zeroshot import FeatureSet, Index
-from zeroshot.index import (
+from zeroshot.retrieval.index import (
     choose_factory, exact_search, image_paths, index_bytes, ivf_lists, knn_recall, parse_bytes, search_knob,
 )
 

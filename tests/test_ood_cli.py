@@ -8,7 +8,7 @@ import pytest
 
 from conftest import shared
 from zeroshot.cli import main
-from zeroshot.ood import DETECTORS
+from zeroshot.evaluation.ood import DETECTORS
 
 
 @pytest.fixture(scope="module")

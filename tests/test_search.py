@@ -9,7 +9,7 @@ from PIL import Image
 from zeroshot import Index, extract
 from zeroshot.cli import main
 from zeroshot.prompts import class_embeddings
-from zeroshot.search import (
+from zeroshot.retrieval.search import (
     image_features, search_ids, search_images, search_text, text_features,
 )
 

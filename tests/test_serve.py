@@ -14,8 +14,8 @@ import pytest
 
 from conftest import shared
 from zeroshot import Index, extract, load_backbone
-from zeroshot.search import text_features, text_to_image_recall
-from zeroshot.serve import ApiError, SearchService, make_server
+from zeroshot.retrieval.search import text_features, text_to_image_recall
+from zeroshot.retrieval.serve import ApiError, SearchService, make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

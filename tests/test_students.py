@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY_MODEL_CFG, shared
 from zeroshot import load_backbone, save_backbone_folder
-from zeroshot.distill import distill
+from zeroshot.train.distill import distill
 from zeroshot.students import narrow_copy
 
 

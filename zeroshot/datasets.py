@@ -335,16 +335,7 @@ def open_dataset(spec: str | os.PathLike | list) -> Dataset:
     raise ValueError(f"cannot tell what kind of dataset {path} is: use a folder, .npz, .csv, .tar[.gz] or image files")
 
 
-def decode_raw(raw, transform):
-    """Apply ``transform`` to what ``Dataset.raw`` returned (path, bytes or array)."""
-    if isinstance(raw, np.ndarray):
-        if raw.ndim == 3 and raw.shape[2] == 1:  # (H,W,1) greyscale: PIL cannot take a single-channel 3-D array
-            raw = raw[..., 0]
-        return transform(raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2))
-    return transform.load(raw)
-
-
 __all__ = [
     "Dataset", "ImageFolder", "FileList", "NpzArrays", "TarShards", "ImageFiles", "open_dataset",
-    "expand_shards", "decode_raw",
+    "expand_shards",
 ]

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import Backbone
-from .datasets import Dataset, decode_raw, open_dataset
+from .datasets import Dataset, open_dataset
 from .features import FeatureSet, ShardStore, read_manifest
-from .images import BadImage
+from .images import BadImage, decode_raw
 
 
 def default_cache_dir() -> Path:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 MANIFEST = "manifest.json"
+NORM_TOLERANCE = 1e-3  # rows further than this from unit length are renormalised with a warning
 FORMAT_VERSION = 1
 
 
@@ -61,6 +63,19 @@ def check_features(X, *, dim: int | None = None, name: str = "X") -> np.ndarray:
         bad = int((~np.isfinite(X).all(axis=1)).sum())
         raise ValueError(f"{name} contains NaN or inf in {bad} rows: re-extract those images or drop the rows")
     return X
+
+
+def unit_rows(X, *, dim: int | None = None, name: str = "X") -> np.ndarray:
+    """Checked C-contiguous float32 rows, normalised; warns when inputs were not unit length (> 1e-3 off)."""
+    X = check_features(X, dim=dim, name=name)
+    norms = np.linalg.norm(X, axis=1)
+    if (norms == 0).any():
+        raise ValueError(f"{name} has all-zero rows, which have no direction to search by")
+    if np.abs(norms - 1).max(initial=0) > NORM_TOLERANCE:
+        warnings.warn(f"{name} rows are not unit length (norms {norms.min():.3g}..{norms.max():.3g}); "
+                      "normalising them (cosine search)", stacklevel=3)
+        return np.ascontiguousarray(X / norms[:, None], dtype=np.float32)
+    return np.ascontiguousarray(X, dtype=np.float32)
 
 
 @dataclass

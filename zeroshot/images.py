@@ -138,3 +138,13 @@ class ImageTransform:
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
         return batch.float().div_(255).sub_(mean).div_(std)
+
+
+
+def decode_raw(raw, transform):
+    """Apply ``transform`` to what ``Dataset.raw`` returned (path, bytes or array)."""
+    if isinstance(raw, np.ndarray):
+        if raw.ndim == 3 and raw.shape[2] == 1:  # (H,W,1) greyscale: PIL cannot take a single-channel 3-D array
+            raw = raw[..., 0]
+        return transform(raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2))
+    return transform.load(raw)

@@ -1,96 +1,33 @@
-"""``zeroshot ood ...``: fit, score with and evaluate OOD detectors, and train the CLIPN-style negation map.
-
-The top half builds detectors by name (shared with ``scripts/bench_ood.py``); the bottom half is the commands.
-"""
+"""``zeroshot ood fit | score | eval | train-clipn``: OOD detectors from the command line."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-DETECTORS = ("mcm", "maxlogit", "energy", "mahalanobis", "relative_mahalanobis", "knn", "clipn_ctw", "clipn_atd")
-FEATURE_DETECTORS = ("mahalanobis", "relative_mahalanobis", "knn")  # fitted on ID image features
-CLIPN_DETECTORS = ("clipn_ctw", "clipn_atd")  # need a negation map
-
-
-def fit_detector(name: str, *, logit_scale: float, classes=None, no_classes=None, class_names=None,
-                 train=None):
-    """A fitted detector by name: text detectors from ``classes`` (+ ``no_classes`` for CLIPN), feature detectors
-    from the ``train`` FeatureSet (its labels feed Mahalanobis when every row has one)."""
-    from .heads import CLIPN, KNN, MCM, Energy, Mahalanobis, MaxLogit, RelativeMahalanobis
-
-    if name in FEATURE_DETECTORS:
-        if train is None:
-            raise ValueError(f"detector {name} is fitted on ID image features: give ID training images")
-        labels = np.asarray(train.labels)
-        detector = {"mahalanobis": Mahalanobis, "relative_mahalanobis": RelativeMahalanobis, "knn": KNN}[name]()
-        return detector.fit(train.features, labels if len(labels) and (labels >= 0).all() else None)
-    if classes is None:
-        raise ValueError(f"detector {name} scores against class text embeddings: give ID class names")
-    if name in CLIPN_DETECTORS:
-        if no_classes is None:
-            raise ValueError(f"detector {name} needs a negation map (train one with 'zeroshot ood train-clipn')")
-        return CLIPN(name.split("_")[1], logit_scale).fit(classes=classes, no_classes=no_classes,
-                                                         class_names=class_names)
-    detector = {"mcm": MCM(), "maxlogit": MaxLogit(), "energy": Energy(logit_scale=logit_scale)}[name]
-    return detector.fit(classes=classes, class_names=class_names)
-
-
-def choose_detectors(spec: str, *, have_classes: bool, have_train: bool,
-                     have_negation: bool) -> tuple[list[str], list[str]]:
-    """(detectors to run, notes on the ones 'all' leaves out): 'all' means every detector the inputs allow."""
-    if spec != "all":
-        names = [n.strip() for n in spec.split(",") if n.strip()]
-        unknown = [n for n in names if n not in DETECTORS]
-        if unknown:
-            raise ValueError(f"unknown detectors {unknown}; choose from {', '.join(DETECTORS)} or 'all'")
-        return names, []
-    names, notes = [], []
-    for name in DETECTORS:
-        if name not in FEATURE_DETECTORS and not have_classes:
-            notes.append(f"{name}: skipped, needs --card or --classes")
-        elif name in FEATURE_DETECTORS and not have_train:
-            notes.append(f"{name}: skipped, needs --train ID images")
-        elif name in CLIPN_DETECTORS and not have_negation:
-            notes.append(f"{name}: skipped, needs --negation (zeroshot ood train-clipn)")
-        else:
-            names.append(name)
-    return names, notes
-
-
-def dataset_label(path: str) -> str:
-    """A short name for a dataset path: its last two components (``mnist_rgb/test.npz``)."""
-    return "/".join(Path(str(path).rstrip("/")).parts[-2:])
-
-
-# --- commands -------------------------------------------------------------------------------------------------
+from ..evaluation.ood import DETECTORS, FEATURE_DETECTORS, choose_detectors, dataset_label, fit_detector, write_report
+from .options import (add_class_args, add_model_args, backbone_from_args, class_embeddings_from_args,
+                      classes_and_templates, extract_from_args, report_failed)
 
 
 def _class_side(args, backbone, dataset_classes=None) -> dict:
     """classes / no_classes / class_names for the text detectors, from --card/--classes and --negation."""
-    from . import class_embeddings, default_cache_dir
-    from .cli import classes_and_templates
-
     if not (args.card or args.classes):
         return {}
-    names, templates = classes_and_templates(args, dataset_classes)
-    W = class_embeddings(backbone, names, templates, cache_dir=args.cache_dir or default_cache_dir())
+    names, W = class_embeddings_from_args(args, backbone, dataset_classes)
     side = {"classes": W, "class_names": names}
     if getattr(args, "negation", None):
-        from .clipn_train import NegationMap
+        from ..train.negation import NegationMap
 
         side["no_classes"] = NegationMap.load(args.negation, fingerprint=backbone.fingerprint)(W)
     return side
 
 
 def cmd_fit(args) -> None:
-    from .cli import backbone_from_args, extract_from_args
-    from .ood_metrics import threshold_at_tpr
+    from ..ood_metrics import threshold_at_tpr
 
     backbone = backbone_from_args(args)
     id_fs = extract_from_args(args, backbone, args.id) if args.id else None
@@ -114,9 +51,8 @@ def cmd_fit(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from .cli import backbone_from_args, extract_from_args, report_failed
-    from .heads import load_head
-    from .heads._base import HEAD_JSON
+    from ..heads import load_head
+    from ..heads._base import HEAD_JSON
 
     backbone = backbone_from_args(args)
     detector = load_head(args.detector, fingerprint=backbone.fingerprint)
@@ -140,14 +76,12 @@ def cmd_score(args) -> None:
 
 
 def cmd_train_clipn(args) -> None:
-    from . import default_cache_dir
-    from .cli import backbone_from_args, classes_and_templates, extract_from_args
-    from .clipn_train import NegationConfig, caption_targets, class_prompt_targets, join_targets, train_negation
+    from ..train.negation import NegationConfig, caption_targets, class_prompt_targets, join_targets, train_negation
 
     if not (args.captions or args.id):
         raise ValueError("give --captions FOLDER (images/ + captions.csv) and/or --id labelled ID images with --card")
     backbone = backbone_from_args(args)
-    cache = args.cache_dir or default_cache_dir()
+    cache = args.cache_dir
     parts, sources = [], {}
     if args.captions:
         folder = Path(args.captions)
@@ -173,10 +107,9 @@ def cmd_train_clipn(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .cli import backbone_from_args, extract_from_args
-    from .heads import ZeroShotClassifier
-    from .metrics import classification_metrics
-    from .ood_metrics import evaluate_detectors, markdown_table
+    from ..heads import ZeroShotClassifier
+    from ..metrics import classification_metrics
+    from ..ood_metrics import evaluate_detectors, markdown_table
 
     backbone = backbone_from_args(args)
     id_fs = extract_from_args(args, backbone, args.id)
@@ -200,42 +133,14 @@ def cmd_eval(args) -> None:
     print(f"wrote results.json/.csv/.md, roc_*.png and hist_*.png to {args.output}", file=sys.stderr)
 
 
-def write_report(out: Path, rows: list[dict], scores: dict, meta: dict) -> None:
-    """results.json (meta + rows), results.csv, results.md, one ROC PNG per OOD set, one histogram PNG per detector."""
-    from .ood_metrics import markdown_table, plot_roc, plot_score_histograms, roc_curve
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({**meta, "results": rows}, indent=1))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.md").write_text(markdown_table(rows) + "\n")
-    for ood_name in dict.fromkeys(r["ood"] for r in rows):
-        curves = {d: roc_curve(s["ID"], s[ood_name])[:2] for d, s in scores.items()}
-        plot_roc(curves, out / f"roc_{_slug(ood_name)}.png", title=f"ID {dataset_label(meta['id'])} vs {ood_name}")
-    for detector, per_set in scores.items():
-        plot_score_histograms(per_set, out / f"hist_{_slug(detector)}.png", title=detector)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
-
-
 def add_commands(sub) -> None:
-    from .cli import add_model_args
-
     ood = sub.add_parser("ood", help="out-of-distribution detection: fit, score, eval, train-clipn")
     ood_sub = ood.add_subparsers(dest="ood_command", required=True)
-
-    def class_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--card", help="dataset card of the ID classes (names + templates), e.g. cifar10")
-        p.add_argument("--classes", help="comma-separated ID class names")
 
     p = ood_sub.add_parser("fit", help="fit one detector and save it (safetensors + JSON, with the fingerprint)")
     p.add_argument("--detector", required=True, choices=DETECTORS)
     p.add_argument("--out", required=True, help="output folder of the saved detector")
-    class_args(p)
+    add_class_args(p, "comma-separated ID class names")
     p.add_argument("--id", help="ID images: training features of mahalanobis/knn (labels used when present) and "
                                 "the calibration set of the threshold")
     p.add_argument("--negation", help="negation map folder from 'zeroshot ood train-clipn' (clipn_* detectors)")
@@ -258,7 +163,7 @@ def add_commands(sub) -> None:
     p.add_argument("--id", required=True, help="ID test images")
     p.add_argument("--ood", required=True, help="comma-separated OOD datasets")
     p.add_argument("--train", help="ID training images for mahalanobis / relative_mahalanobis / knn")
-    class_args(p)
+    add_class_args(p, "comma-separated ID class names")
     p.add_argument("--negation", help="negation map folder for clipn_ctw / clipn_atd")
     p.add_argument("--detectors", default="all", help=f"'all' or a comma-separated subset of {', '.join(DETECTORS)}")
     p.add_argument("--output", default="ood_eval", help="output folder (default: ./ood_eval)")
@@ -272,7 +177,7 @@ def add_commands(sub) -> None:
                    help="use only the first N caption images by sorted name (800 for ../shared/data/flickr8k_1k: "
                         "the default model holds out the last 200)")
     p.add_argument("--id", help="labelled ID images, paired with their class prompts (needs --card or --classes)")
-    class_args(p)
+    add_class_args(p, "comma-separated ID class names")
     p.add_argument("--rank", type=int, default=64)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from .align import Targets
-from .features import FeatureSet, check_features
-from .prompts import build_prompts, cached_text_array
+from ..features import FeatureSet, check_features
+from ..prompts import build_prompts, cached_text_array
 
 NEGATION_JSON, NEGATION_WEIGHTS = "negation.json", "negation.safetensors"
 

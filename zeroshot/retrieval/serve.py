@@ -21,10 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from .images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS
 from .index import Index
 from .search import Hit, search_ids, search_images, search_text
-from .search_page import PAGE
+from .page import PAGE
 
 MAX_UPLOAD = 8 << 20
 MAX_K = 100

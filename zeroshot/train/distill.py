@@ -3,7 +3,7 @@
 Spec: methods/distillation.md. The images are decoded once; the teacher encodes each of ``views`` fixed views per
 image once (view 0 clean, the others seeded crops / flips / jitter / down-up resampling), cached as FeatureSets
 under the teacher's fingerprint; the student, a timm trunk plus a linear projection warm-started by ridge least
-squares, then trains with :mod:`zeroshot.align`, each visit replaying the very view its target was computed on.
+squares, then trains with :mod:`zeroshot.train.align`, each visit replaying the very view its target was computed on.
 The result is a model folder holding the student image tower and the teacher's text tower, with
 ``teacher_fingerprint`` in its config, so it loads with :func:`load_backbone` and every head keeps working.
 """
@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from .align import AlignConfig, Aligner, Targets, ViewPlan
-from .backbone import (
+from ..backbone import (
     CONFIG_FILE, Backbone, load_backbone, quiet_model_loading, resolved_text_cfg, save_backbone_folder,
     text_tower_from_package,
 )
-from .datasets import Dataset, open_dataset
-from .extraction import decode_all, default_cache_dir
-from .features import FeatureSet
-from .images import ImageTransform
+from ..datasets import Dataset, open_dataset
+from ..extraction import decode_all, default_cache_dir
+from ..features import FeatureSet
+from ..images import ImageTransform
 
 DEFAULT_STUDENT = "resnet10t_050"  # zeroshot.students: half-width resnet10t, the default model's tower
 
@@ -48,7 +48,7 @@ def student_tower(student: str, embed_dim: int, image_size: int):
     """open_clip's timm tower (trunk + linear projection); refuses trunks it would project wrongly."""
     from open_clip.timm_model import TimmModel
 
-    from . import students  # noqa: F401  (registers our student architectures with timm)
+    from .. import students  # noqa: F401  (registers our student architectures with timm)
 
     tower = TimmModel(student, embed_dim=embed_dim, image_size=image_size, pool="avg", proj="linear")
     pooled_width = getattr(tower.trunk, "head_hidden_size", None) or tower.trunk.num_features
@@ -81,7 +81,7 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     tower = student_tower(student, teacher.embed_dim, transform.size)
     prior = None
     if init == "teacher":
-        from .students import narrow_copy
+        from ..students import narrow_copy
 
         teacher_tower = teacher.model.visual
         kept = narrow_copy(getattr(teacher_tower, "trunk", teacher_tower), tower.trunk)
@@ -175,7 +175,7 @@ def _load_visual(tower, folder: Path) -> None:
     """Image-tower weights of a saved student folder, checked against ``tower``'s architecture."""
     from safetensors.torch import load_file
 
-    from .backbone import WEIGHTS_FILE
+    from ..backbone import WEIGHTS_FILE
 
     state = {k.removeprefix("visual."): v.float() for k, v in load_file(folder / WEIGHTS_FILE).items()
              if k.startswith("visual.")}

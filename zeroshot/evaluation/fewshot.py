@@ -29,7 +29,7 @@ HEAD_NAMES = LABEL_FREE + tuple(SUPERVISED)
 
 def new_head(name: str, seed: int):
     """An unfitted supervised head of the protocol, seeded with the run's seed."""
-    from .heads import HEADS
+    from ..heads import HEADS
 
     cls, kwargs = SUPERVISED[name]
     return HEADS[cls](**kwargs, random_state=seed)
@@ -42,7 +42,7 @@ def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     if short.size:
         raise ValueError(f"{k}-shot sampling needs {k} support images per class; classes {short[:10].tolist()} have "
                          f"only {counts[short[:10]].tolist()}")
-    from .heads._fewshot import class_ranks
+    from ..heads._fewshot import class_ranks
 
     order, rank = class_ranks(labels, seed)
     return np.sort(order[rank < k])
@@ -51,7 +51,7 @@ def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 def split_per_class(labels: np.ndarray, n_support: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split of a single-split dataset: the first ``n_support`` rows of each class (dataset order)
     form the support pool, the rest the test set."""
-    from .heads._fewshot import class_ranks
+    from ..heads._fewshot import class_ranks
 
     order, rank = class_ranks(labels, None)
     counts = np.bincount(labels)
@@ -70,7 +70,7 @@ def _timed(fn):
 def _label_free_row(name: str, support_X, test_X, test_y, W) -> dict:
     """Zero-shot; ZLaP transductive (graph on the test set itself); ZLaP inductive (graph on the UNLABELLED support
     pool, queries = the test set)."""
-    from .heads import ZeroShotClassifier, ZLaP
+    from ..heads import ZeroShotClassifier, ZLaP
 
     if name == "zero-shot":
         head, fit_s = _timed(lambda: ZeroShotClassifier().fit(classes=W))
@@ -111,7 +111,7 @@ def run_fewshot(support_X, support_y, test_X, test_y, class_embeddings, *, shots
     unknown = [h for h in heads if h not in HEAD_NAMES]
     if unknown:
         raise ValueError(f"unknown heads {unknown}; choose from {', '.join(HEAD_NAMES)}")
-    from .heads._fewshot import check_labels
+    from ..heads._fewshot import check_labels
 
     support_y = check_labels(support_y, len(support_X), len(class_embeddings), name="support labels")
     test_y = check_labels(test_y, len(test_X), len(class_embeddings), name="test labels")
@@ -210,62 +210,3 @@ def write_report(rows: list[dict], folder, meta: dict, title: str = "") -> dict:
     (folder / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
     plot_accuracy_vs_shots(summary, folder / "accuracy_vs_shots.png", title)
     return summary
-
-
-def _int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def cmd_fewshot(args) -> None:
-    from . import class_embeddings, default_cache_dir
-    from .cli import backbone_from_args, classes_and_templates, extract_from_args, report_failed
-
-    if (args.support is None) == (args.support_per_class is None):
-        sys.exit("error: give --support DATASET (shots drawn from it) or --support-per-class N (split --dataset)")
-    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
-    backbone = backbone_from_args(args)
-    test = extract_from_args(args, backbone, args.dataset)
-    report_failed(test)
-    if args.support:
-        support = extract_from_args(args, backbone, args.support)
-        report_failed(support)
-        if support.classes != test.classes:
-            raise ValueError(f"{args.support} and {args.dataset} list different classes")
-    else:
-        labelled = test.subset(np.flatnonzero(test.labels >= 0))
-        support_rows, test_rows = split_per_class(labelled.labels, args.support_per_class)
-        support, test = labelled.subset(support_rows), labelled.subset(test_rows)
-    test = test.subset(np.flatnonzero(test.labels >= 0))
-    support = support.subset(np.flatnonzero(support.labels >= 0))
-    names, templates = classes_and_templates(args, test.classes)
-    W = class_embeddings(backbone, names, templates, cache_dir=args.cache_dir or default_cache_dir())
-    shots, seeds = _int_list(args.shots), _int_list(args.seeds)
-    rows = run_fewshot(np.asarray(support.features), support.labels, np.asarray(test.features), test.labels, W,
-                       shots=shots, seeds=seeds, heads=heads, progress=not args.quiet)
-    meta = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": str(args.dataset),
-            "support": args.support or f"first {args.support_per_class} per class of the dataset",
-            "card": args.card, "classes": names, "n_support_pool": len(support), "n_test": len(test),
-            "shots": shots, "seeds": seeds, "heads": heads}
-    summary = write_report(rows, args.output, meta, title=f"{Path(str(args.dataset)).name} ({backbone.fingerprint})")
-    print(f"# model {backbone.name}, fingerprint {backbone.fingerprint}, dataset {args.dataset}, seeds {seeds}")
-    print(markdown_table(summary))
-    print(f"wrote {Path(args.output) / 'rows.csv'}, summary.json and accuracy_vs_shots.png", file=sys.stderr)
-
-
-def add_commands(sub) -> None:
-    from .cli import add_model_args
-
-    p = sub.add_parser("fewshot", help="few-shot protocol: k shots per class per seed, every head, accuracy vs shots")
-    p.add_argument("--dataset", required=True,
-                   help="test images (split with --support-per-class if it is the only split)")
-    p.add_argument("--support", help="images the shots are drawn from, e.g. the train split")
-    p.add_argument("--support-per-class", type=int,
-                   help="split --dataset: its first N images per class are the support pool, the rest the test set")
-    p.add_argument("--card", help="dataset card giving class names and templates")
-    p.add_argument("--classes", help="comma-separated class names, in label order")
-    p.add_argument("--shots", default="1,2,4,8,16", help="comma-separated shots per class")
-    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (shot sampling and validation splits)")
-    p.add_argument("--heads", default=",".join(HEAD_NAMES), help=f"comma-separated subset of {', '.join(HEAD_NAMES)}")
-    p.add_argument("--output", default="fewshot", help="output folder")
-    add_model_args(p)
-    p.set_defaults(func=cmd_fewshot)

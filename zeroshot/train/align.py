@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import ImageTransform
+from ..images import ImageTransform
 
 LOSSES = ("contrastive", "cosine", "l1", "affinity")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import FeatureSet, atomic_save_npy, atomic_write_json, check_features, load_npy
+from ..features import FeatureSet, atomic_save_npy, atomic_write_json, check_features, load_npy, unit_rows
 
 MANIFEST = "index.json"
 INDEX_FILE = "index.faiss"
@@ -27,7 +27,6 @@ TRAIN_PER_LIST = 50  # IVF training rows per list: above faiss's 39 warning, bel
 TUNE_QUERIES = 500  # rows held out of the index while they tune nprobe / efSearch as queries
 TUNE_MARGIN = 0.01  # tune to target + margin so that other queries, a different sample, still meet the target
 PQ_SIZES = (256, 128, 96, 64, 48, 32, 24, 16, 8, 4)
-NORM_TOLERANCE = 1e-3
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -104,19 +103,6 @@ def search_knob(factory: str) -> str | None:
     if "HNSW" in factory:
         return "efSearch"
     return None
-
-
-def unit_rows(X, *, dim: int | None = None, name: str = "X") -> np.ndarray:
-    """Checked C-contiguous float32 rows, normalised; warns when inputs were not unit length (> 1e-3 off)."""
-    X = check_features(X, dim=dim, name=name)
-    norms = np.linalg.norm(X, axis=1)
-    if (norms == 0).any():
-        raise ValueError(f"{name} has all-zero rows, which have no direction to search by")
-    if np.abs(norms - 1).max(initial=0) > NORM_TOLERANCE:
-        warnings.warn(f"{name} rows are not unit length (norms {norms.min():.3g}..{norms.max():.3g}); "
-                      "normalising them (cosine search)", stacklevel=3)
-        return np.ascontiguousarray(X / norms[:, None], dtype=np.float32)
-    return np.ascontiguousarray(X, dtype=np.float32)
 
 
 def exact_search(X, queries, k: int) -> tuple[np.ndarray, np.ndarray]:

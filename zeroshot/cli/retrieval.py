@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from .options import add_model_args, backbone_from_args, extract_from_args, report_failed
+
 
 def add_commands(sub) -> None:
-    from .cli import add_model_args
-
     p = sub.add_parser("index", help="FAISS indexes over image features")
     build = p.add_subparsers(dest="index_command", required=True).add_parser(
         "build", help="index images (any dataset kind) or a saved FeatureSet folder")
@@ -54,9 +54,8 @@ def add_commands(sub) -> None:
 
 
 def cmd_index_build(args) -> None:
-    from .cli import backbone_from_args, extract_from_args, report_failed
-    from .features import MANIFEST, FeatureSet
-    from .index import Index
+    from ..features import MANIFEST, FeatureSet
+    from ..retrieval.index import Index
 
     start = time.perf_counter()
     source = args.data[0] if len(args.data) == 1 else args.data
@@ -76,16 +75,14 @@ def cmd_index_build(args) -> None:
 
 
 def cmd_search(args) -> None:
-    from .index import Index
-    from .search import search_ids, search_images, search_text
+    from ..retrieval.index import Index
+    from ..retrieval.search import search_ids, search_images, search_text
 
     index = Index.load(args.index)
     try:
         if args.id:
             queries, hits = args.id, search_ids(index, args.id, args.k)
         else:
-            from .cli import backbone_from_args
-
             backbone = backbone_from_args(args)
             if args.text:
                 queries, hits = args.text, search_text(index, backbone, args.text, args.k, args.template)
@@ -118,9 +115,8 @@ def format_results(queries: list[str], hits: list, fmt: str) -> str:
 
 
 def cmd_serve(args) -> None:
-    from .cli import backbone_from_args
-    from .index import Index
-    from .serve import SearchService, serve
+    from ..retrieval.index import Index
+    from ..retrieval.serve import SearchService, serve
 
     index = Index.load(args.index)
     service = SearchService(index, backbone_from_args(args), max_upload=int(args.max_upload_mb * 2**20),

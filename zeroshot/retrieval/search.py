@@ -1,4 +1,4 @@
-"""Queries against an :class:`~zeroshot.index.Index`: text -> images through the backbone's text tower and prompt
+"""Queries against an :class:`~zeroshot.retrieval.index.Index`: text -> images through the backbone's text tower and prompt
 templates, image -> images by id (the stored row, itself excluded) or by a new image file or upload
 (retrieval.md section 5). Every query function takes a batch and answers, per query, a list of ``Hit``.
 """
@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .images import BadImage
+from ..images import BadImage
 from .index import Index, check_k
-from .prompts import class_embeddings
+from ..prompts import class_embeddings
 
 
 class Hit(NamedTuple):

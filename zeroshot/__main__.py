@@ -1,0 +1,4 @@
+"""``python -m zeroshot``: the command line."""
+from .cli import main
+
+main()

@@ -1,0 +1,4 @@
+"""``python -m zeroshot.cli``."""
+from . import main
+
+main()

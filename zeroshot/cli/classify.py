@@ -1,0 +1,95 @@
+"""``zeroshot extract``, ``classify`` and ``eval``: features, zero-shot predictions and zero-shot accuracy."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .options import (add_class_args, add_model_args, backbone_from_args, class_embeddings_from_args,
+                      extract_from_args, report_failed)
+
+
+def zero_shot_classifier(args, backbone, dataset_classes=None):
+    """A fitted zero-shot classifier from ``--classes`` / ``--card`` with the backbone's logit scale."""
+    from ..heads import ZeroShotClassifier
+
+    names, W = class_embeddings_from_args(args, backbone, dataset_classes)
+    return ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(classes=W, class_names=names)
+
+
+def cmd_extract(args) -> None:
+    backbone = backbone_from_args(args)
+    fs = extract_from_args(args, backbone, args.data)
+    if args.output:
+        fs.save(args.output)
+    print(json.dumps({"n": len(fs), "dim": int(fs.features.shape[1]), "fingerprint": backbone.fingerprint,
+                      "failed": fs.failed, "output": args.output}, indent=1))
+
+
+def cmd_classify(args) -> None:
+    backbone = backbone_from_args(args)
+    fs = extract_from_args(args, backbone, args.images if len(args.images) > 1 else args.images[0])
+    clf = zero_shot_classifier(args, backbone)
+    proba = clf.predict_proba(fs.features)
+    k = min(args.top_k, proba.shape[1])
+    top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    header = ["id", "prediction"] + [f"{kind}{j + 1}" for j in range(k) for kind in ("class", "score")]
+    rows = [[i, clf.class_names_[t[0]]] + [v for j in t for v in (clf.class_names_[j], f"{p[j]:.4f}")]
+            for i, t, p in zip(fs.ids, top, proba)]
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    if args.output:
+        out.close()
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    report_failed(fs)
+
+
+def cmd_eval(args) -> None:
+    from ..metrics import classification_metrics, plot_confusion_matrix
+
+    start = time.perf_counter()
+    backbone = backbone_from_args(args)
+    fs = extract_from_args(args, backbone, args.dataset)
+    clf = zero_shot_classifier(args, backbone, fs.classes)
+    metrics = classification_metrics(clf.decision_function(fs.features), fs.labels)
+    out = Path(args.output or "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": str(args.dataset),
+              "card": args.card, "classes": clf.class_names_, "failed": fs.failed, **metrics,
+              "seconds": round(time.perf_counter() - start, 3)}
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    plot_confusion_matrix(metrics["confusion_matrix"], clf.class_names_, out / "confusion_matrix.png",
+                          title=f"{Path(str(args.dataset)).name}: top-1 = {metrics['acc1']:.3f}")
+    print(json.dumps({k: report[k] for k in ("model", "fingerprint", "dataset", "n", "acc1", "acc5",
+                                             "mean_per_class_recall", "seconds")}, indent=1))
+    print(f"wrote {out / 'metrics.json'} and {out / 'confusion_matrix.png'}", file=sys.stderr)
+    report_failed(fs)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("extract", help="encode a dataset into a cached FeatureSet")
+    p.add_argument("data", help="image folder, .npz, .csv file list, or tar shards")
+    p.add_argument("--output", help="also save the FeatureSet to this folder")
+    add_model_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("classify", help="zero-shot predictions for images (CSV)")
+    p.add_argument("images", nargs="+", help="image files, a folder, .npz, .csv or tar shards")
+    add_class_args(p, "comma-separated class names")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--output", help="CSV path (default: stdout)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("eval", help="zero-shot accuracy on a labelled dataset (metrics.json + confusion PNG)")
+    p.add_argument("--dataset", required=True)
+    add_class_args(p)
+    p.add_argument("--output", help="output folder (default: ./eval)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_eval)

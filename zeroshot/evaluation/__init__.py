@@ -1,0 +1,1 @@
+"""Evaluations on cached features: the few-shot protocol and OOD detection reports."""

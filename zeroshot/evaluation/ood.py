@@ -1,0 +1,87 @@
+"""OOD evaluation: detectors built by name from what the user has (class embeddings, ID training features, a
+negation map), and the report of an evaluation (tables, ROC curves, score histograms). Used by ``zeroshot ood``
+and ``scripts/bench_ood.py``."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+DETECTORS = ("mcm", "maxlogit", "energy", "mahalanobis", "relative_mahalanobis", "knn", "clipn_ctw", "clipn_atd")
+FEATURE_DETECTORS = ("mahalanobis", "relative_mahalanobis", "knn")  # fitted on ID image features
+CLIPN_DETECTORS = ("clipn_ctw", "clipn_atd")  # need a negation map
+
+
+def fit_detector(name: str, *, logit_scale: float, classes=None, no_classes=None, class_names=None,
+                 train=None):
+    """A fitted detector by name: text detectors from ``classes`` (+ ``no_classes`` for CLIPN), feature detectors
+    from the ``train`` FeatureSet (its labels feed Mahalanobis when every row has one)."""
+    from ..heads import CLIPN, KNN, MCM, Energy, Mahalanobis, MaxLogit, RelativeMahalanobis
+
+    if name in FEATURE_DETECTORS:
+        if train is None:
+            raise ValueError(f"detector {name} is fitted on ID image features: give ID training images")
+        labels = np.asarray(train.labels)
+        detector = {"mahalanobis": Mahalanobis, "relative_mahalanobis": RelativeMahalanobis, "knn": KNN}[name]()
+        return detector.fit(train.features, labels if len(labels) and (labels >= 0).all() else None)
+    if classes is None:
+        raise ValueError(f"detector {name} scores against class text embeddings: give ID class names")
+    if name in CLIPN_DETECTORS:
+        if no_classes is None:
+            raise ValueError(f"detector {name} needs a negation map (train one with 'zeroshot ood train-clipn')")
+        return CLIPN(name.split("_")[1], logit_scale).fit(classes=classes, no_classes=no_classes,
+                                                         class_names=class_names)
+    detector = {"mcm": MCM(), "maxlogit": MaxLogit(), "energy": Energy(logit_scale=logit_scale)}[name]
+    return detector.fit(classes=classes, class_names=class_names)
+
+
+def choose_detectors(spec: str, *, have_classes: bool, have_train: bool,
+                     have_negation: bool) -> tuple[list[str], list[str]]:
+    """(detectors to run, notes on the ones 'all' leaves out): 'all' means every detector the inputs allow."""
+    if spec != "all":
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        unknown = [n for n in names if n not in DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown detectors {unknown}; choose from {', '.join(DETECTORS)} or 'all'")
+        return names, []
+    names, notes = [], []
+    for name in DETECTORS:
+        if name not in FEATURE_DETECTORS and not have_classes:
+            notes.append(f"{name}: skipped, needs --card or --classes")
+        elif name in FEATURE_DETECTORS and not have_train:
+            notes.append(f"{name}: skipped, needs --train ID images")
+        elif name in CLIPN_DETECTORS and not have_negation:
+            notes.append(f"{name}: skipped, needs --negation (zeroshot ood train-clipn)")
+        else:
+            names.append(name)
+    return names, notes
+
+
+def dataset_label(path: str) -> str:
+    """A short name for a dataset path: its last two components (``mnist_rgb/test.npz``)."""
+    return "/".join(Path(str(path).rstrip("/")).parts[-2:])
+
+
+def write_report(out: Path, rows: list[dict], scores: dict, meta: dict) -> None:
+    """results.json (meta + rows), results.csv, results.md, one ROC PNG per OOD set, one histogram PNG per detector."""
+    from ..ood_metrics import markdown_table, plot_roc, plot_score_histograms, roc_curve
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({**meta, "results": rows}, indent=1))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.md").write_text(markdown_table(rows) + "\n")
+    for ood_name in dict.fromkeys(r["ood"] for r in rows):
+        curves = {d: roc_curve(s["ID"], s[ood_name])[:2] for d, s in scores.items()}
+        plot_roc(curves, out / f"roc_{_slug(ood_name)}.png", title=f"ID {dataset_label(meta['id'])} vs {ood_name}")
+    for detector, per_set in scores.items():
+        plot_score_histograms(per_set, out / f"hist_{_slug(detector)}.png", title=detector)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")

@@ -1,0 +1,1 @@
+"""FAISS retrieval over feature sets: the index, text / image / id queries, and the search page server."""
