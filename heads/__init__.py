@@ -1,20 +1,18 @@
-"""Heads on L2-normalised features: scikit-learn estimators that save as safetensors + JSON."""
-from ._base import Head, load_head, softmax
-from .zero_shot import ZeroShotClassifier
-from .calibration import TEEN, PriorCorrection, TemperatureScaling
-from .caps_adapter import CapSAdapter
-from .gda import GDA
-from .linear_probe import LinearProbe
-from .tip_adapter import TipAdapter, TipAdapterF
-from .zlap import ZLaP
-from .clipn import CLIPN
-from .knn import KNN
-from .mahalanobis import Mahalanobis, RelativeMahalanobis
-from .ood import MCM, Energy, MaxLogit, OODDetector
+"""Heads on L2-normalised features: scikit-learn estimators that save as safetensors + JSON.
 
-HEADS = {cls.__name__: cls for cls in (ZeroShotClassifier,
-                                          LinearProbe, TipAdapter, TipAdapterF, GDA, CapSAdapter, ZLaP, TEEN,
-                                          TemperatureScaling, PriorCorrection,
-                                          MCM, MaxLogit, Energy, Mahalanobis, RelativeMahalanobis, KNN, CLIPN)}
+The registry (names, kinds, what ``fit`` needs) imports nothing heavy; the classes load on first attribute access
+(PEP 562), so the CLI can list head names without paying for SciPy and scikit-learn."""
+from .registry import REGISTRY, HeadSpec, canonical_name, names, spec_for
 
-__all__ = ["Head", "OODDetector", "load_head", "softmax", "HEADS", *HEADS]
+_REGISTRY_NAMES = ["REGISTRY", "HeadSpec", "canonical_name", "names", "spec_for"]
+_CLASS_NAMES = ["Head", "OODDetector", "load_head", "softmax", "HEADS",
+                *dict.fromkeys(spec.class_name for spec in REGISTRY.values())]
+__all__ = [*_REGISTRY_NAMES, *_CLASS_NAMES]
+
+
+def __getattr__(name: str):
+    if name in _CLASS_NAMES:
+        from . import _classes
+
+        return getattr(_classes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,31 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from zeroshot.features import check_features
+from zeroshot.backbone import check_fingerprint
+from zeroshot.features import NORM_TOLERANCE, check_features, unit_rows
 
 HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
+BLOCK_ROWS = 16384  # rows of X multiplied and norm-checked together while they are in cache
+_UNIT_SQ = ((1 - NORM_TOLERANCE) ** 2, (1 + NORM_TOLERANCE) ** 2)  # squared norms of rows read as unit length
+
+
+def projected(X, W: np.ndarray, *, dim: int, unit: bool, name: str = "X") -> np.ndarray:
+    """(N, C) float32 ``X @ W.T`` of checked feature rows, with one pass over X (features are unit rows from
+    extraction on, so the checks ride along): finiteness is checked on the small result (a NaN or inf in a row of
+    X makes its row of scores non-finite) and, with ``unit``, squared row norms are summed block by block while the
+    block is in cache. Only when a check fails is X checked (:func:`check_features`) or renormalised with a warning
+    (:func:`unit_rows`) the slow way, so errors and warnings are exactly theirs."""
+    X = check_features(X, dim=dim, name=name, finite=False)
+    S = np.empty((len(X), len(W)), np.float32)
+    sq = np.empty(len(X) if unit else 0, np.float32)
+    for start in range(0, len(X), BLOCK_ROWS):
+        rows = slice(start, start + BLOCK_ROWS)
+        S[rows] = X[rows] @ W.T
+        if unit:
+            np.einsum("ij,ij->i", X[rows], X[rows], out=sq[rows])
+    if np.isfinite(S).all() and ((sq >= _UNIT_SQ[0]) & (sq <= _UNIT_SQ[1])).all():
+        return S
+    return (unit_rows(X, dim=dim, name=name) if unit else check_features(X, dim=dim, name=name)) @ W.T
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -76,6 +98,16 @@ class Head(BaseEstimator):
         check_is_fitted(self, self._fitted_arrays[0] if self._fitted_arrays else None)
         return check_features(X, dim=self.n_features_in_)
 
+    def _finite_scores(self, X, scores_of) -> np.ndarray:
+        """``scores_of(X)`` with X checked after the fact: a non-finite score sends X through the full check (which
+        names the NaN rows), so valid input pays no pass over X for it."""
+        check_is_fitted(self, self._fitted_arrays[0] if self._fitted_arrays else None)
+        X = check_features(X, dim=self.n_features_in_, finite=False)
+        scores = scores_of(X)
+        if not np.isfinite(scores).all():
+            check_features(X, dim=self.n_features_in_)
+        return scores
+
     def save(self, folder: str | os.PathLike, **extra_meta) -> Path:
         """Write ``head.json`` (class, params, fitted metadata) and ``head.safetensors`` (fitted arrays)."""
         from safetensors.numpy import save_file
@@ -100,15 +132,14 @@ def load_head(folder: str | os.PathLike, *, fingerprint: str | None = None, spac
     fitted in another embedding space (a student shares its teacher's space, see ``Backbone.space``)."""
     from safetensors.numpy import load_file
 
-    from . import HEADS
+    from ._classes import HEADS
 
     folder = Path(folder)
     meta = json.loads((folder / HEAD_JSON).read_text())
     if meta["class"] not in HEADS:
         raise ValueError(f"{folder}: unknown head class {meta['class']!r}")
     saved_fp = meta.get("fingerprint")
-    if fingerprint is not None and saved_fp is not None and saved_fp != fingerprint:
-        raise ValueError(f"{folder} was fitted on features of backbone {saved_fp}, not {fingerprint}")
+    check_fingerprint(saved_fp, fingerprint, str(folder), "refit the head on this backbone's features")
     saved_space = meta.get("space")
     if space is not None and saved_space is not None and saved_space != space:
         raise ValueError(f"{folder} was fitted in the embedding space {saved_space}, but these features live in "

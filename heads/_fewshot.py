@@ -205,5 +205,5 @@ class FewShotClassifier(SoftmaxClassifier, Head):
         raise NotImplementedError
 
     def decision_function(self, X) -> np.ndarray:
-        return self._logits(self._check_X(X))
+        return self._finite_scores(X, self._logits)
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.utils.validation import check_is_fitted
 
-from zeroshot.features import check_features
+from zeroshot.features import check_features, normalise_rows
 
 from ._base import Head, softmax
 from ._fewshot import FewShotClassifier, Support, accuracy, best_on_grid, check_labels, grid
@@ -171,19 +171,15 @@ class PriorCorrection(Head):
         return self.transform(logits).argmax(axis=1)
 
 
-def normalise(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
 def teen_direction(new: np.ndarray, base: np.ndarray, tau: float) -> np.ndarray:
-    """``normalise(softmax(tau * new @ base.T) @ base)``: where the base prototypes pull each new prototype."""
-    return normalise(softmax(tau * new @ base.T).astype(np.float64) @ base)
+    """``normalise_rows(softmax(tau * new @ base.T) @ base)``: where the base prototypes pull each new prototype."""
+    return normalise_rows(softmax(tau * new @ base.T).astype(np.float64) @ base)
 
 
 class TEEN(FewShotClassifier):
     """Training-free prototype calibration (TEEN, checked against wangkiw/TEEN): few-shot class prototypes
     (normalised class means) move toward a similarity-weighted mix of well-estimated base prototypes,
-    ``p' = (1 - shift) p + shift * normalise(softmax(tau p B^T) B)``; scores are ``logit_scale * cos(x, p')``.
+    ``p' = (1 - shift) p + shift * normalise_rows(softmax(tau p B^T) B)``; scores are ``logit_scale * cos(x, p')``.
 
     ``fit(X, y, base_classes=[...])``: the classes with many shots are the base (their prototypes stay) and the
     others are calibrated toward them (the paper's setting). Without ``base_classes`` every class is few-shot and
@@ -222,7 +218,7 @@ class TEEN(FewShotClassifier):
             raise ValueError(f"base_classes must be some, not all, of the labels 0..{C - 1}: {self.base_classes_[:10]}")
         sums = np.zeros((C, support.X.shape[1]))
         np.add.at(sums, support.y, support.X)
-        P = normalise(sums)
+        P = normalise_rows(sums)
         is_base = np.isin(np.arange(C), self.base_classes_)
         return P, np.flatnonzero(~is_base), P[is_base] if is_base.any() else W.astype(np.float64)
 
@@ -244,7 +240,7 @@ class TEEN(FewShotClassifier):
     def _build(self, support: Support, W, **chosen) -> None:
         P, new, B = self._prototypes(support, W)
         shift = chosen["shift"]
-        P[new] = normalise((1 - shift) * P[new] + shift * teen_direction(P[new], B, chosen["tau"]))
+        P[new] = normalise_rows((1 - shift) * P[new] + shift * teen_direction(P[new], B, chosen["tau"]))
         self.prototypes_ = P.astype(np.float32)
 
     def _logits(self, X: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zeroshot.features import check_features
+from zeroshot.features import check_features, normalise_rows
 
 from ._fewshot import FewShotClassifier, Support, accuracy, best_on_grid, grid, in_chunks
 from .tip_adapter import affinity, cache_logits, class_starts, search_alpha_beta, warn_if_unbalanced
@@ -73,7 +73,7 @@ class CapSAdapter(FewShotClassifier):
                 raise ValueError(f"{len(captions)} caption features for {len(np.asarray(X))} support rows: give one "
                                  "caption feature per shot")
             self.caption_source_ = "user captions"
-            extra = {"captions": captions / np.linalg.norm(captions, axis=1, keepdims=True)}
+            extra = {"captions": normalise_rows(captions)}
         return self._fit(X, y, classes, class_names, X_val, y_val, extra)
 
     def _cache(self, support: Support, W) -> dict:

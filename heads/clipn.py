@@ -8,10 +8,11 @@ released model (a ViT-B/16 with a "no" copy of its text tower trained on CC3M); 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_expit, logsumexp
+from scipy.special import log_expit
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import check_class_embeddings
-from .ood import TextOODDetector, _check_positive
+from .ood import TextOODDetector, _check_positive, log_sum_exp
 
 INFERENCES = ("atd", "ctw")
 
@@ -51,14 +52,15 @@ class CLIPN(TextOODDetector):
 
     def _log_odds(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(log-odds of the ID score under this head's rule, log p_c), float64."""
-        X = self._check_X(X)
-        yes = self.logit_scale * (X @ self.class_embeddings_.T).astype(np.float64)
-        no = self.logit_scale * (X @ self.no_class_embeddings_.T).astype(np.float64)
-        log_p, z = yes - logsumexp(yes, axis=1, keepdims=True), yes - no  # z_c = logit of p_yes_c
+        check_is_fitted(self, "no_class_embeddings_")
+        C = len(self.class_embeddings_)
+        cos = self._cosines(X, np.vstack([self.class_embeddings_, self.no_class_embeddings_])).astype(np.float64)
+        yes, no = self.logit_scale * cos[:, :C], self.logit_scale * cos[:, C:]
+        log_p, z = yes - log_sum_exp(yes)[:, None], yes - no  # z_c = logit of p_yes_c
         if self.inference == "ctw":
             return np.take_along_axis(z, log_p.argmax(axis=1)[:, None], axis=1)[:, 0], log_p
         # S = sum_c p_c p_yes_c and 1 - S = sum_c p_c p_no_c, each summed in log space
-        return logsumexp(log_p + log_expit(z), axis=1) - logsumexp(log_p + log_expit(-z), axis=1), log_p
+        return log_sum_exp(log_p + log_expit(z)) - log_sum_exp(log_p + log_expit(-z)), log_p
 
     def score_samples(self, X) -> np.ndarray:
         return self._log_odds(X)[0].astype(np.float32)

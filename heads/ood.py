@@ -1,18 +1,26 @@
 """OOD detectors on class text embeddings alone: MCM, max-logit and energy (spec: methods/ood_scores.md 2).
 
 Every OOD detector shares one contract: ``fit(X_id, y=None, *, classes=...)`` returns self and
-``score_samples(X) -> (N,)`` is **higher = more in-distribution**. Scores are computed in float64 and returned as
-float32; input rows are checked (shape, NaN) and renormalised with a warning when they are not unit length.
+``score_samples(X) -> (N,)`` is **higher = more in-distribution**. Cosines are computed in float32 (one pass over
+X, see :func:`projected`), the small (N, C) result in float64, scores returned as float32; input rows are checked
+(shape, NaN) and renormalised with a warning when they are not unit length.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 from sklearn.utils.validation import check_is_fitted
 
 from zeroshot.features import unit_rows
 
-from ._base import Head, set_class_embeddings
+from ._base import Head, projected, set_class_embeddings
+
+
+def log_sum_exp(z: np.ndarray) -> np.ndarray:
+    """Row-wise ``log sum_c exp(z_c)`` of finite (N, C) values, max-shifted: SciPy's formula without its checks,
+    which cost more than the (N, C) arithmetic itself."""
+    top = z.max(axis=1)
+    return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+
 
 class OODDetector(Head):
     """Base of every OOD detector: ``score_samples(X) -> (N,)`` float32, higher = more in-distribution."""
@@ -36,9 +44,10 @@ class TextOODDetector(OODDetector):
         set_class_embeddings(self, classes, class_names)
         return self
 
-    def _cosines(self, X) -> np.ndarray:
-        """(N, C) cosine similarities to the class embeddings, float64."""
-        return (self._check_X(X) @ self.class_embeddings_.T).astype(np.float64)
+    def _cosines(self, X, W: np.ndarray | None = None) -> np.ndarray:
+        """(N, C) float32 cosine similarities to the class embeddings (or to the rows of ``W``)."""
+        check_is_fitted(self, self._fitted_arrays[0])
+        return projected(X, self.class_embeddings_ if W is None else W, dim=self.n_features_in_, unit=True)
 
 
 def _check_positive(value: float, name: str) -> None:
@@ -66,15 +75,15 @@ class MCM(TextOODDetector):
         return super().fit(X, y, classes=classes, class_names=class_names)
 
     def score_samples(self, X) -> np.ndarray:
-        z = self._cosines(X) / self.temperature
-        return (z.max(axis=1) - logsumexp(z, axis=1)).astype(np.float32)
+        z = self._cosines(X).astype(np.float64) / self.temperature
+        return (z.max(axis=1) - log_sum_exp(z)).astype(np.float32)
 
 
 class MaxLogit(TextOODDetector):
     """Max-logit (Hendrycks et al. 2022): the largest cosine to a class embedding. Invariant to the logit scale."""
 
     def score_samples(self, X) -> np.ndarray:
-        return self._cosines(X).max(axis=1).astype(np.float32)
+        return self._cosines(X).max(axis=1)
 
 
 class Energy(TextOODDetector):
@@ -95,5 +104,5 @@ class Energy(TextOODDetector):
         return super().fit(X, y, classes=classes, class_names=class_names)
 
     def score_samples(self, X) -> np.ndarray:
-        logits = self._cosines(X) * (self.logit_scale or 1.0)
-        return (self.temperature * logsumexp(logits / self.temperature, axis=1)).astype(np.float32)
+        logits = self._cosines(X).astype(np.float64) * (self.logit_scale or 1.0)
+        return (self.temperature * log_sum_exp(logits / self.temperature)).astype(np.float32)

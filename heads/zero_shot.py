@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import Head, SoftmaxClassifier, set_class_embeddings
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import Head, SoftmaxClassifier, projected, set_class_embeddings
 
 
 class ZeroShotClassifier(SoftmaxClassifier, Head):
@@ -26,6 +28,6 @@ class ZeroShotClassifier(SoftmaxClassifier, Head):
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        X = self._check_X(X)
-        return self.logit_scale * (X @ self.class_embeddings_.T)
+        check_is_fitted(self, "class_embeddings_")
+        return self.logit_scale * projected(X, self.class_embeddings_, dim=self.n_features_in_, unit=False)
 

@@ -153,7 +153,8 @@ def main() -> None:
         for name, (X, y, Xt, yt, W, description) in load_sets(backbone, cache, args.sets.split(",")).items():
             print(f"# dataset {description}", flush=True)
             start = time.perf_counter()
-            rows = run_fewshot(X, y, Xt, yt, W, shots=shots, seeds=seeds, heads=heads, progress=True)
+            rows = run_fewshot(X, y, Xt, yt, W, shots=shots, seeds=seeds, heads=heads,
+                               logit_scale=backbone.logit_scale, progress=True)
             meta = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": description,
                     "seeds": seeds, "shots": shots, "heads": heads, "seconds": round(time.perf_counter() - start, 1)}
             summary = write_report(rows, out / name, meta, title=f"{name}, default model ({backbone.fingerprint})")

@@ -88,13 +88,13 @@ def main() -> None:
     detectors = {n: fit_detector(n, logit_scale=backbone.logit_scale, train=train, **side) for n in DETECTORS}
     detectors["mcm T=1/s (MSP)"] = MCM(temperature=1 / backbone.logit_scale).fit(classes=W)
     hand = zeroshot.class_embeddings(backbone, card.classes, HAND_NEGATIONS, cache_dir=cache)
-    detectors["clipn_atd, hand-written no prompts"] = CLIPN("atd", backbone.logit_scale).fit(classes=W, no_classes=hand)
+    detectors["clipn-atd, hand-written no prompts"] = CLIPN("atd", backbone.logit_scale).fit(classes=W, no_classes=hand)
     X_id = features["cifar10 test"].features
     rows, scores = evaluate_detectors(detectors, X_id, {n: features[n].features for n in OOD})
     print(markdown_table(rows))
 
     decisions = {}
-    for name in ("clipn_ctw", "clipn_atd"):
+    for name in ("clipn-ctw", "clipn-atd"):
         accept = {n: float((detectors[name].predict(f.features) == 1).mean())
                   for n, f in [("cifar10 test", features["cifar10 test"])] + [(n, features[n]) for n in OOD]}
         decisions[name] = {"id_accepted": round(accept["cifar10 test"], 4),
@@ -106,8 +106,8 @@ def main() -> None:
     queries = np.concatenate([np.asarray(f.features) for f in features.values()])
     queries = np.ascontiguousarray(np.tile(queries, (-(-100_000 // len(queries)), 1))[:100_000])
     bank_10k = features["cifar10 test"].features
-    timed = {n: detectors[n] for n in ("mcm", "maxlogit", "energy", "mahalanobis", "relative_mahalanobis",
-                                       "clipn_atd")}
+    timed = {n: detectors[n] for n in ("mcm", "maxlogit", "energy", "mahalanobis", "relative-mahalanobis",
+                                       "clipn-atd")}
     timed["knn Flat (exact), 10,000 bank"] = KNN().fit(bank_10k)  # k = 10 by the default rule
     timed["knn IVF100,Flat nprobe 8, 10,000 bank"] = KNN(index="IVF100,Flat", nprobe=8).fit(bank_10k)
     load_before = os.getloadavg()[0]

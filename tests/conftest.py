@@ -47,6 +47,12 @@ def tiny_backbone(tiny_model_dir):
     return load_backbone(tiny_model_dir, device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def private_default_cache(tmp_path_factory, monkeypatch):
+    """cache_dir=None means the default cache: point it at a fresh folder so tests never share or touch ~/.cache."""
+    monkeypatch.setenv("ZEROSHOT_CACHE", str(tmp_path_factory.mktemp("default_cache")))
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -122,9 +122,13 @@ def test_open_clip_name_builds_without_network(no_network):
 
 
 def test_pretrained_tags_go_to_open_clip(monkeypatch):
-    """NAME/TAG is passed through to open_clip (the explicit, networked path); nothing is fetched here."""
+    """NAME/TAG is passed through to open_clip (the explicit, networked path) when the hub answers; nothing is
+    fetched here."""
     import open_clip
 
+    import zeroshot.backbone
+
+    monkeypatch.setattr(zeroshot.backbone, "hub_reachable", lambda url: True)
     calls = []
 
     def fake_create_model(name, pretrained=None, **kwargs):

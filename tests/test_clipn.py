@@ -154,7 +154,7 @@ def test_negation_map_save_load_and_fingerprint(rng, tmp_path):
     np.testing.assert_allclose(m(W), expected.numpy(), atol=1e-5)
     m.save(tmp_path / "neg")
     np.testing.assert_array_equal(NegationMap.load(tmp_path / "neg", fingerprint="aaaa")(W), m(W))
-    with pytest.raises(ValueError, match="backbone aaaa, not bbbb"):
+    with pytest.raises(ValueError, match="fingerprint aaaa, not bbbb"):
         NegationMap.load(tmp_path / "neg", fingerprint="bbbb")
 
 

@@ -161,9 +161,9 @@ def test_shard_store_survives_leftover_tmp_files(rng, tmp_path):
     store = ShardStore(tmp_path, _header())
     f0 = unit_rows(rng.standard_normal((3, DIM)))
     store.write_shard(0, np.array([0, 1, 2]), f0, {})
-    # a crash in the middle of writing shard 1 and of replacing the manifest leaves truncated temporaries
-    (tmp_path / "shard-00001.features.npy.tmp").write_bytes(b"\x93NUMPY\x01\x00trunc")
-    (tmp_path / (MANIFEST + ".tmp")).write_text('{"fingerprint": "fp-a", "compl')
+    # a crash in the middle of writing shard 1 and its sidecar leaves truncated temporaries (per-writer names)
+    (tmp_path / ".shard-00001.features.npy.4242-0badc0de.tmp").write_bytes(b"\x93NUMPY\x01\x00trunc")
+    (tmp_path / ".shard-00001.json.4242-0badc0de.tmp").write_text('{"rows": 2, "fai')
     reopened = ShardStore(tmp_path, _header())
     assert reopened.done(0) and not reopened.done(1)
     f1 = unit_rows(rng.standard_normal((2, DIM)))
@@ -184,3 +184,58 @@ def test_shard_store_reopens_with_tuples_in_the_header(tmp_path):
     header = _header(dataset={"root": "/data/x", "size": (224, 224)})  # JSON turns the tuple into a list
     ShardStore(tmp_path, header)
     assert not ShardStore(tmp_path, header).complete
+
+
+def test_shard_store_commits_each_shard_with_a_sidecar(rng, tmp_path):
+    store = ShardStore(tmp_path, _header())
+    store.write_shard(0, np.array([0, 1]), unit_rows(rng.standard_normal((2, DIM))), {"x": "bad"})
+    assert json.loads((tmp_path / "shard-00000.json").read_text()) == {"rows": 2, "failed": {"x": "bad"}}
+    assert json.loads((tmp_path / MANIFEST).read_text())["complete"] is False  # the manifest is never rewritten
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["features missing", "rows missing", "features truncated", "sidecar missing"])
+def test_shard_store_a_damaged_shard_is_not_done(rng, tmp_path, damage):
+    store = ShardStore(tmp_path, _header())
+    store.write_shard(0, np.array([0, 1, 2]), unit_rows(rng.standard_normal((3, DIM))), {})
+    kind, how = damage.split()
+    path = tmp_path / ("shard-00000.json" if kind == "sidecar" else f"shard-00000.{kind}.npy")
+    if how == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:-4])
+    assert not store.done(0)
+    assert store.finish(1, np.zeros(3, int), ["a", "b", "c"], {}) is None  # encode it again, then finish
+
+
+def test_shard_store_two_writers_of_one_store_share_the_shards(rng, tmp_path):
+    a, b = ShardStore(tmp_path, _header()), ShardStore(tmp_path, _header())
+    f0, f1 = unit_rows(rng.standard_normal((2, DIM))), unit_rows(rng.standard_normal((3, DIM)))
+    a.write_shard(0, np.array([0, 1]), f0, {})
+    b.write_shard(1, np.array([2, 3, 4]), f1, {})
+    assert a.done(1) and b.done(0)  # read from disk, not from each writer's memory
+    b.write_shard(0, np.array([0, 1]), f0, {})  # a duplicate write of the same bytes is harmless
+    fa = a.finish(2, np.zeros(5, int), list("abcde"), {"fingerprint": "fp-a"})
+    fb = b.finish(2, np.zeros(5, int), list("abcde"), {"fingerprint": "fp-a"})  # shards gone: the complete set
+    np.testing.assert_array_equal(fa.features, np.concatenate([f0, f1]))
+    np.testing.assert_array_equal(fb.features, fa.features)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "wrong shape"])
+def test_shard_store_a_damaged_complete_set_is_encoded_again(rng, tmp_path, damage):
+    store = ShardStore(tmp_path, _header())
+    f0 = unit_rows(rng.standard_normal((3, DIM)))
+    store.write_shard(0, np.array([0, 1, 2]), f0, {})
+    store.finish(1, np.zeros(3, int), ["a", "b", "c"], {"fingerprint": "fp-a"})
+    path = tmp_path / "features.npy"
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-10])
+    else:
+        np.save(path, f0[:2])
+    reopened = ShardStore(tmp_path, _header())
+    assert reopened.complete_set() is None and not reopened.complete and not reopened.done(0)
+    reopened.write_shard(0, np.array([0, 1, 2]), f0, {})
+    fs = reopened.finish(1, np.zeros(3, int), ["a", "b", "c"], {"fingerprint": "fp-a"})
+    np.testing.assert_array_equal(fs.features, f0)

@@ -114,5 +114,6 @@ def test_cli_fewshot_with_a_support_set_and_with_a_split(cifar_slice, tmp_path, 
     meta = json.loads((tmp_path / "b" / "summary.json").read_text())["meta"]
     assert meta["n_support_pool"] == 80 and meta["n_test"] == 220
 
-    with pytest.raises(SystemExit, match="--support DATASET"):
+    with pytest.raises(SystemExit) as exited:
         main(["fewshot", "--dataset", str(folder / "test" / "slice.npz"), "--output", str(tmp_path / "c"), *common])
+    assert exited.value.code == 2 and "--support DATASET" in capsys.readouterr().err

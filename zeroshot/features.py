@@ -1,8 +1,9 @@
 """FeatureSet: the L2-normalised feature matrix every head works on, and its crash-safe on-disk store.
 
-A store is a folder: ``manifest.json`` plus ``.npy`` files. While extraction runs, each finished shard is written
-to a temporary name and renamed into place, then the manifest is replaced the same way, so a run killed at any
-instant leaves a consistent store that the next run resumes from. When all shards are done they are joined into
+A store is a folder: ``manifest.json`` plus ``.npy`` files. While extraction runs, each finished shard's arrays are
+written under temporary names unique to the writer and renamed into place, then committed by the shard's own
+sidecar JSON, so a run killed at any instant leaves a consistent store that the next run resumes from, and several
+processes can fill the same store at once. When all shards are done they are joined, under the entry's lock, into
 ``features.npy`` / ``labels.npy`` / ``ids.npy``, which load memory-mapped.
 """
 from __future__ import annotations
@@ -15,27 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbone import check_fingerprint
+from .cache import atomic_save_npy, atomic_write_json, entry_lock, npy_intact, read_json, touch_last_used
+
 MANIFEST = "manifest.json"
 NORM_TOLERANCE = 1e-3  # rows further than this from unit length are renormalised with a warning
 FORMAT_VERSION = 1
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -48,8 +34,9 @@ def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
-def check_features(X, *, dim: int | None = None, name: str = "X") -> np.ndarray:
-    """Validate a feature matrix: 2-D, finite, the expected width. Returns float32 (a view when possible)."""
+def check_features(X, *, dim: int | None = None, name: str = "X", finite: bool = True) -> np.ndarray:
+    """Validate a feature matrix: 2-D, finite, the expected width. Returns float32 (a view when possible).
+    ``finite=False`` skips the finiteness pass, for callers that check a smaller result of X instead."""
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (n_samples, dim) feature matrix, got shape {X.shape}")
@@ -59,7 +46,7 @@ def check_features(X, *, dim: int | None = None, name: str = "X") -> np.ndarray:
     if not np.issubdtype(X.dtype, np.floating):
         raise ValueError(f"{name} must hold floats, got {X.dtype}")
     X = X.astype(np.float32, copy=False)
-    if not np.isfinite(X).all():
+    if finite and not np.isfinite(X).all():
         bad = int((~np.isfinite(X).all(axis=1)).sum())
         raise ValueError(f"{name} contains NaN or inf in {bad} rows: re-extract those images or drop the rows")
     return X
@@ -76,6 +63,12 @@ def unit_rows(X, *, dim: int | None = None, name: str = "X") -> np.ndarray:
                       "normalising them (cosine search)", stacklevel=3)
         return np.ascontiguousarray(X / norms[:, None], dtype=np.float32)
     return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def normalise_rows(X: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm, silently (for vectors the caller makes, e.g. class means); all-zero rows
+    stay zero. Keeps X's float dtype."""
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -142,9 +135,9 @@ class FeatureSet:
             raise FileNotFoundError(f"no feature set in {folder} ({MANIFEST} missing)")
         if not meta.get("complete"):
             raise ValueError(f"{folder} holds an unfinished extraction: rerun extract() to resume it")
-        if fingerprint is not None and meta.get("fingerprint") != fingerprint:
-            raise ValueError(f"{folder} was made by backbone {meta.get('fingerprint')}, not {fingerprint}: "
-                             "extract the features again with this backbone")
+        if fingerprint is not None:
+            check_fingerprint(meta.get("fingerprint") or "unknown", fingerprint, str(folder),
+                              "extract the features again with this backbone")
         for key in ("version", "complete", "n"):
             meta.pop(key, None)
         return cls(load_npy(folder / "features.npy", mmap), load_npy(folder / "labels.npy", False),
@@ -152,51 +145,93 @@ class FeatureSet:
 
 
 class ShardStore:
-    """The resumable store behind :func:`zeroshot.extract`: fixed index ranges, each written once, atomically."""
+    """The resumable store behind :func:`zeroshot.extract`: fixed index ranges, each written atomically by any
+    number of processes (they write identical bytes), each committed by its own sidecar ``shard-NNNNN.json``.
+
+    ``manifest.json`` holds only the header until :meth:`finish` joins the shards; no process ever rewrites it from
+    its own memory of which shards are done: that is read from the sidecars on disk.
+    """
 
     def __init__(self, folder: Path, header: dict):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         header = json.loads(json.dumps(header))  # compare like with like: tuples come back from JSON as lists
-        manifest = read_manifest(self.folder)
-        if manifest:
-            if manifest.get("fingerprint") != header["fingerprint"]:
-                raise ValueError(f"cache {self.folder} belongs to backbone {manifest.get('fingerprint')}, "
-                                 f"not {header['fingerprint']}: use another cache_dir or delete this folder")
-            if manifest.get("dataset") != header["dataset"]:
-                raise ValueError(f"cache {self.folder} was made from other data; delete it to re-extract")
-        else:
-            manifest = {**header, "version": FORMAT_VERSION, "complete": False, "shards": {}, "failed": {}}
-            atomic_write_json(self.folder / MANIFEST, manifest)
-        self.manifest = manifest
+        manifest = read_json(self.folder / MANIFEST)
+        if not manifest:
+            with entry_lock(self.folder):  # a new entry: the first process writes the header, once
+                manifest = read_json(self.folder / MANIFEST) or {**header, "version": FORMAT_VERSION,
+                                                                 "complete": False}
+                atomic_write_json(self.folder / MANIFEST, manifest)
+        if manifest.get("fingerprint") != header["fingerprint"]:
+            raise ValueError(f"cache {self.folder} belongs to backbone {manifest.get('fingerprint')}, "
+                             f"not {header['fingerprint']}: use another cache_dir or delete this folder")
+        if manifest.get("dataset") != header["dataset"]:
+            raise ValueError(f"cache {self.folder} was made from other data; delete it to re-extract")
+        self.header = {k: v for k, v in manifest.items() if k not in ("version", "complete", "n", "failed", "shards")}
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest.get("complete"))
+        """Whether the manifest on disk says the shards were joined (by any process)."""
+        return bool(read_json(self.folder / MANIFEST).get("complete"))
+
+    def _path(self, shard: int, kind: str) -> Path:
+        return self.folder / (f"shard-{shard:05d}.json" if kind == "json" else f"shard-{shard:05d}.{kind}.npy")
 
     def done(self, shard: int) -> bool:
-        return str(shard) in self.manifest["shards"]
+        """Whether ``shard`` is committed: its sidecar exists and both its arrays are whole."""
+        rows = read_json(self._path(shard, "json")).get("rows")
+        return (rows is not None and npy_intact(self._path(shard, "features"), (rows, self.header["dim"]))
+                and npy_intact(self._path(shard, "rows"), (rows,)))
 
     def write_shard(self, shard: int, rows: np.ndarray, features: np.ndarray, failed: dict[str, str]) -> None:
-        atomic_save_npy(self.folder / f"shard-{shard:05d}.features.npy", features)
-        atomic_save_npy(self.folder / f"shard-{shard:05d}.rows.npy", rows)
-        self.manifest["shards"][str(shard)] = int(len(rows))
-        self.manifest["failed"].update(failed)
-        atomic_write_json(self.folder / MANIFEST, self.manifest)
+        """Write a shard's arrays, then commit them with its sidecar (the img2dataset resume pattern)."""
+        atomic_save_npy(self._path(shard, "features"), features)
+        atomic_save_npy(self._path(shard, "rows"), rows)
+        atomic_write_json(self._path(shard, "json"), {"rows": int(len(rows)), "failed": failed})
 
-    def finish(self, n_shards: int, labels: np.ndarray, ids: list[str], meta: dict) -> FeatureSet:
-        """Join the shards into one memory-mappable set and drop the shard files."""
-        feats, rows = [], []
-        for shard in range(n_shards):
-            feats.append(load_npy(self.folder / f"shard-{shard:05d}.features.npy", mmap=False))
-            rows.append(load_npy(self.folder / f"shard-{shard:05d}.rows.npy", mmap=False))
+    def _whole(self) -> FeatureSet | None:
+        """The joined set when the manifest is complete and its arrays whole (sizes checked, not hashed)."""
+        manifest = read_json(self.folder / MANIFEST)
+        n = manifest.get("n")
+        if not (manifest.get("complete") and npy_intact(self.folder / "features.npy", (n, manifest.get("dim")))
+                and npy_intact(self.folder / "labels.npy", (n,)) and npy_intact(self.folder / "ids.npy", (n,))):
+            return None
+        touch_last_used(self.folder)
+        return FeatureSet.load(self.folder)
+
+    def complete_set(self) -> FeatureSet | None:
+        """The finished set, or None; a complete entry whose arrays are damaged is marked unfinished again, so
+        the missing shards get encoded instead of failing every later run."""
+        fs = self._whole()
+        if fs is None and self.complete:
+            with entry_lock(self.folder):
+                fs = self._whole()
+                if fs is None and self.complete:  # still damaged under the lock: nobody repaired it meanwhile
+                    atomic_write_json(self.folder / MANIFEST, {**self.header, "version": FORMAT_VERSION,
+                                                               "complete": False})
+        return fs
+
+    def finish(self, n_shards: int, labels: np.ndarray, ids: list[str], meta: dict) -> FeatureSet | None:
+        """Join the shards into one memory-mappable set (once, whoever finishes first) and drop the shard files.
+
+        Returns None when a shard is missing (deleted or damaged meanwhile): encode it, then finish again.
+        """
+        with entry_lock(self.folder):
+            fs = self._whole()
+            if fs is None:
+                if not all(self.done(shard) for shard in range(n_shards)):
+                    return None
+                self._join(n_shards, labels, ids, meta)
+                fs = self._whole()
+            for path in self.folder.glob("shard-*"):  # the complete set is in place: nobody reads shards now
+                path.unlink(missing_ok=True)
+        return fs
+
+    def _join(self, n_shards: int, labels: np.ndarray, ids: list[str], meta: dict) -> None:
+        feats = [load_npy(self._path(s, "features"), mmap=False) for s in range(n_shards)]
+        rows = [load_npy(self._path(s, "rows"), mmap=False) for s in range(n_shards)]
+        failed = {k: v for s in range(n_shards) for k, v in read_json(self._path(s, "json"))["failed"].items()}
         rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        dim = self.manifest["dim"]
-        features = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
+        features = np.concatenate(feats) if feats else np.zeros((0, self.header["dim"]), np.float32)
         ids_array = np.asarray(ids, dtype=str)[rows] if len(rows) else np.zeros(0, dtype=str)
-        meta = {**meta, "failed": self.manifest["failed"]}
-        result = FeatureSet(features, labels[rows], ids_array, meta).save(self.folder)
-        for shard in range(n_shards):
-            for kind in ("features", "rows"):
-                (self.folder / f"shard-{shard:05d}.{kind}.npy").unlink(missing_ok=True)
-        return FeatureSet.load(result)
+        FeatureSet(features, labels[rows], ids_array, {**self.header, **meta, "failed": failed}).save(self.folder)

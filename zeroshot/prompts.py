@@ -1,7 +1,8 @@
 """Dataset cards (class names + prompt templates, shipped as JSON) and cached class text embeddings."""
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import difflib
 import json
 import os
 import string
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import atomic_save_npy, load_npy
+from .cache import atomic_save_npy, resolve_cache_dir, text_path, touch_last_used
+from .features import load_npy
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,10 @@ def load_card(name_or_path: str | os.PathLike) -> Card:
         data = json.loads(path.read_text())
     else:
         if str(name_or_path) not in available_cards():
-            raise ValueError(f"unknown card {str(name_or_path)!r}; shipped cards: {', '.join(available_cards())}, "
-                             "or give a JSON file with 'classes' and 'templates'")
+            close = difflib.get_close_matches(str(name_or_path), available_cards(), n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown card {str(name_or_path)!r}{guess}; shipped cards: "
+                             f"{', '.join(available_cards())}, or give a JSON file with 'classes' and 'templates'")
         data = json.loads(resources.files("zeroshot.data").joinpath(f"{name_or_path}.json").read_text())
     templates = data.get("templates", ["a photo of a {}."])
     if isinstance(templates, str):  # a reference to another card's template list
@@ -91,10 +95,10 @@ def build_prompts(classes: list[str], templates: list[str] | dict[str, list[str]
 
 
 def class_embeddings(backbone, classes: list[str], templates: list[str] | dict[str, list[str]] | None = None, *,
-                     cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+                     cache_dir: str | os.PathLike | None | bool = None) -> np.ndarray:
     """(C, D) unit rows: each template embedding normalised, averaged per class, renormalised (zero_shot.md 2-4).
 
-    Cached per (backbone fingerprint, class names, templates) when ``cache_dir`` is given.
+    Cached per (backbone fingerprint, class names, templates); ``cache_dir``: None = the default cache, False = none.
     """
     templates = templates if templates is not None else ["a photo of a {}."]
     prompts = build_prompts(list(classes), templates)
@@ -113,14 +117,22 @@ def _prompt_ensembles(backbone, prompts: list[list[str]]) -> np.ndarray:
     return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
 
 
-def cached_text_array(backbone, key: list, compute, cache_dir: str | os.PathLike | None) -> np.ndarray:
-    """``compute()``, kept as ``cache_dir/<fingerprint>/text/<sha256 of key>.npy`` when a cache is given."""
-    if cache_dir is None:
+def encode_texts_cached(backbone, texts: list[str], cache_dir: str | os.PathLike | None | bool = None) -> np.ndarray:
+    """``backbone.encode_texts(texts)``, cached like :func:`class_embeddings` (None = the default cache)."""
+    return cached_text_array(backbone, [backbone.fingerprint, "texts", texts], lambda: backbone.encode_texts(texts),
+                             cache_dir)
+
+
+def cached_text_array(backbone, key: list, compute, cache_dir: str | os.PathLike | None | bool) -> np.ndarray:
+    """``compute()``, kept as ``<cache>/<fingerprint>/text/<digest of key>.npy`` (False: not cached)."""
+    cache = resolve_cache_dir(cache_dir)
+    if cache is None:
         return compute()
-    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
-    path = Path(cache_dir).expanduser() / backbone.fingerprint / "text" / f"{digest}.npy"
-    if path.is_file():
-        return np.array(load_npy(path, mmap=False))
+    path = text_path(cache, backbone.fingerprint, key)
+    with contextlib.suppress(OSError, ValueError):  # not cached yet, or a damaged file: compute it again
+        result = np.array(load_npy(path, mmap=False))
+        touch_last_used(path)
+        return result
     result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(path, result)

@@ -1,25 +1,74 @@
-"""``zeroshot`` command line: a thin layer over the Python API, one module per verb group."""
+"""``zeroshot`` command line: a thin layer over the Python API, one module per verb group, one error boundary.
+
+Every anticipated failure ends as one line on stderr, ``error: <what>; <what to do>``, with exit code 2 when the
+command cannot work as written (bad argument, unknown name, missing input: the library raises ``ValueError``,
+``LookupError``, ``FileNotFoundError``), 1 when a valid run failed (damaged file, no network, out of memory, torch or
+faiss: ``OSError``, ``RuntimeError``, ``MemoryError``) and 130 on Ctrl-C. Anything else is a bug: one line asking
+for a report. ``--debug`` (anywhere on the line) or ``ZEROSHOT_DEBUG=1`` prints the traceback too.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import traceback
 
-from . import classify, distill, fewshot, ood, retrieval
+from . import cache, classify, distill, fewshot, ood, retrieval
 
-VERB_GROUPS = (classify, fewshot, ood, retrieval, distill)  # each adds its sub-commands: add_commands(sub)
+VERB_GROUPS = (classify, fewshot, ood, retrieval, distill, cache)  # each adds its sub-commands: add_commands(sub)
+
+
+USAGE, FAILED, INTERRUPTED = 2, 1, 130
+EXIT_CODES = (  # the first row whose types match decides
+    ((json.JSONDecodeError, EOFError, ConnectionError, TimeoutError), FAILED),  # damaged files, no network
+    ((ValueError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError), USAGE),
+    ((OSError, RuntimeError, MemoryError), FAILED),  # disk, device memory, torch, faiss
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zeroshot", description=__doc__)
+    parser = argparse.ArgumentParser(prog="zeroshot", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", default=os.environ.get("ZEROSHOT_DEBUG", "") not in ("", "0"),
+                        help="print the traceback of an error (also: ZEROSHOT_DEBUG=1); may follow the sub-command")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in VERB_GROUPS:
         group.add_commands(sub)
     return parser
 
 
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of an anticipated failure; None for an unexpected one (a bug)."""
+    return next((code for types, code in EXIT_CODES if isinstance(exc, types)), None)
+
+
+def error_line(exc: BaseException, command: str) -> str:
+    """``error: <what>; <what to do>`` on one line (faiss and torch messages span several)."""
+    what = " ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split()) or type(exc).__name__
+    code = exit_code(exc)
+    if code is None:
+        return (f"error: unexpected {type(exc).__name__}: {what}; rerun with --debug for the traceback, "
+                "and please report it")
+    if isinstance(exc, MemoryError) or "out of memory" in what.lower():
+        return f"error: {what}; lower --batch-size or --workers, or use a smaller model"
+    if ";" in what:
+        return f"error: {what}"
+    return f"error: {what}; " + (f"check the command (zeroshot {command} --help)" if code == USAGE
+                                 else "rerun with --debug for details")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    """Run one command; failures exit with one ``error:`` line (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(["--debug"] * argv.count("--debug") + [a for a in argv if a != "--debug"])
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        sys.exit(f"error: {exc}")
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to resume (finished feature shards stay in the cache)",
+              file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(error_line(exc, args.command), file=sys.stderr)
+        sys.exit(exit_code(exc) or FAILED)

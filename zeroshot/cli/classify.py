@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import (add_class_args, add_model_args, backbone_from_args, class_embeddings_from_args,
-                      extract_from_args, report_failed)
+from .options import (add_class_args, add_model_args, backbone_from_args, check_at_least, check_classes,
+                      check_output, check_run_args, class_embeddings_from_args, extract_from_args, open_data,
+                      report_failed)
 
 
 def zero_shot_classifier(args, backbone, dataset_classes=None):
@@ -22,8 +23,11 @@ def zero_shot_classifier(args, backbone, dataset_classes=None):
 
 
 def cmd_extract(args) -> None:
+    check_run_args(args)
+    check_output("--output", args.output, folder=True)
+    data = open_data(args.data)
     backbone = backbone_from_args(args)
-    fs = extract_from_args(args, backbone, args.data)
+    fs = extract_from_args(args, backbone, data)
     if args.output:
         fs.save(args.output)
     print(json.dumps({"n": len(fs), "dim": int(fs.features.shape[1]), "fingerprint": backbone.fingerprint,
@@ -31,8 +35,13 @@ def cmd_extract(args) -> None:
 
 
 def cmd_classify(args) -> None:
+    check_run_args(args)
+    check_at_least("--top-k", args.top_k)
+    check_classes(args)
+    check_output("--output", args.output)
+    data = open_data(args.images)
     backbone = backbone_from_args(args)
-    fs = extract_from_args(args, backbone, args.images if len(args.images) > 1 else args.images[0])
+    fs = extract_from_args(args, backbone, data)
     clf = zero_shot_classifier(args, backbone)
     proba = clf.predict_proba(fs.features)
     k = min(args.top_k, proba.shape[1])
@@ -54,11 +63,15 @@ def cmd_eval(args) -> None:
     from ..metrics import classification_metrics, plot_confusion_matrix
 
     start = time.perf_counter()
+    check_run_args(args)
+    out = Path(args.output or "eval")
+    check_output("--output", out, folder=True)
+    data = open_data(args.dataset)
+    check_classes(args, data)
     backbone = backbone_from_args(args)
-    fs = extract_from_args(args, backbone, args.dataset)
+    fs = extract_from_args(args, backbone, data)
     clf = zero_shot_classifier(args, backbone, fs.classes)
     metrics = classification_metrics(clf.decision_function(fs.features), fs.labels)
-    out = Path(args.output or "eval")
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": str(args.dataset),
               "card": args.card, "classes": clf.class_names_, "failed": fs.failed, **metrics,

@@ -5,20 +5,26 @@ import json
 import os
 from pathlib import Path
 
-from .options import add_run_args
+from .options import add_run_args, check_at_least, check_exists, check_output, check_run_args, open_data
 
 
 def cmd_distill(args) -> None:
     from .. import class_embeddings, load_backbone, load_card
     from ..train.distill import distill
 
+    check_run_args(args)
+    check_at_least("--epochs", args.epochs)
+    check_at_least("--views", args.views)
+    check_output("--out", args.out, folder=True)
+    check_exists("--init", None if args.init == "teacher" else args.init)
+    card = load_card(args.anchors) if args.anchors else None
+    data = open_data(args.data)
     teacher = load_backbone(args.teacher, device=args.device, precision=args.precision)
     anchors = None
-    if args.anchors:
-        card = load_card(args.anchors)
+    if card is not None:
         anchors = class_embeddings(teacher, card.classes, card.templates, cache_dir=args.cache_dir)
     chosen = {"student": args.student} if args.student else {}
-    student = distill(teacher, args.data, args.out, **chosen, loss=args.loss, views=args.views,
+    student = distill(teacher, data, args.out, **chosen, loss=args.loss, views=args.views,
                       epochs=args.epochs, batch_size=args.batch_size or 128, lr=args.lr, seed=args.seed,
                       anchors=anchors, affinity_weight=args.affinity_weight if anchors is not None else 0.0,
                       init=args.init, max_minutes=args.minutes, max_steps=args.max_steps, cache_dir=args.cache_dir,

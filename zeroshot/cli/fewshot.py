@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.fewshot import HEAD_NAMES
-from .options import (add_class_args, add_model_args, backbone_from_args, class_embeddings_from_args,
-                      extract_from_args, int_list, report_failed)
+from .options import (add_class_args, add_model_args, backbone_from_args, check_at_least, check_classes,
+                      check_output, check_run_args, class_embeddings_from_args, extract_from_args, int_list,
+                      open_data, report_failed)
 
 
 def cmd_fewshot(args) -> None:
@@ -16,12 +17,20 @@ def cmd_fewshot(args) -> None:
 
     if (args.support is None) == (args.support_per_class is None):
         raise ValueError("give --support DATASET (shots drawn from it) or --support-per-class N (split --dataset)")
+    check_run_args(args)
+    check_at_least("--support-per-class", args.support_per_class)
+    shots, seeds = int_list(args.shots), int_list(args.seeds)
+    check_at_least("--shots", min(shots, default=1))
+    check_output("--output", args.output, folder=True)
+    test_data = open_data(args.dataset)
+    support_data = open_data(args.support) if args.support else None
+    check_classes(args, test_data)
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     backbone = backbone_from_args(args)
-    test = extract_from_args(args, backbone, args.dataset)
+    test = extract_from_args(args, backbone, test_data)
     report_failed(test)
-    if args.support:
-        support = extract_from_args(args, backbone, args.support)
+    if support_data is not None:
+        support = extract_from_args(args, backbone, support_data)
         report_failed(support)
         if support.classes != test.classes:
             raise ValueError(f"{args.support} and {args.dataset} list different classes")
@@ -32,9 +41,9 @@ def cmd_fewshot(args) -> None:
     test = test.subset(np.flatnonzero(test.labels >= 0))
     support = support.subset(np.flatnonzero(support.labels >= 0))
     names, W = class_embeddings_from_args(args, backbone, test.classes)
-    shots, seeds = int_list(args.shots), int_list(args.seeds)
     rows = run_fewshot(np.asarray(support.features), support.labels, np.asarray(test.features), test.labels, W,
-                       shots=shots, seeds=seeds, heads=heads, progress=not args.quiet)
+                       shots=shots, seeds=seeds, heads=heads, logit_scale=backbone.logit_scale,
+                       progress=not args.quiet)
     meta = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": str(args.dataset),
             "support": args.support or f"first {args.support_per_class} per class of the dataset",
             "card": args.card, "classes": names, "n_support_pool": len(support), "n_test": len(test),
@@ -55,7 +64,7 @@ def add_commands(sub) -> None:
     add_class_args(p)
     p.add_argument("--shots", default="1,2,4,8,16", help="comma-separated shots per class")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (shot sampling and validation splits)")
-    p.add_argument("--heads", default=",".join(HEAD_NAMES), help=f"comma-separated subset of {', '.join(HEAD_NAMES)}")
+    p.add_argument("--heads", default=",".join(HEAD_NAMES), help=f"comma-separated subset of {', '.join(HEAD_NAMES)} ('_' for '-' works too)")
     p.add_argument("--output", default="fewshot", help="output folder")
     add_model_args(p)
     p.set_defaults(func=cmd_fewshot)

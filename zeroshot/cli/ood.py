@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..heads.registry import canonical_name
 from ..evaluation.ood import DETECTORS, FEATURE_DETECTORS, choose_detectors, dataset_label, fit_detector, write_report
-from .options import (add_class_args, add_model_args, backbone_from_args, class_embeddings_from_args,
-                      classes_and_templates, extract_from_args, report_failed)
+from .options import (add_class_args, add_model_args, backbone_from_args, check_classes, check_exists, check_output,
+                      check_run_args, class_embeddings_from_args, classes_and_templates, extract_from_args, open_data,
+                      report_failed)
 
 
 def _class_side(args, backbone, dataset_classes=None) -> dict:
@@ -29,15 +31,21 @@ def _class_side(args, backbone, dataset_classes=None) -> dict:
 def cmd_fit(args) -> None:
     from ..ood_metrics import threshold_at_tpr
 
-    backbone = backbone_from_args(args)
-    id_fs = extract_from_args(args, backbone, args.id) if args.id else None
-    calibration = id_fs
-    train = None
+    check_run_args(args)
     if args.detector in FEATURE_DETECTORS:
-        if id_fs is None:
+        if not args.id:
             raise ValueError(f"--detector {args.detector} is fitted on ID images: give --id ID_IMAGES")
         if not 0 <= args.calibration_fraction < 1:
             raise ValueError(f"--calibration-fraction must be in [0, 1), got {args.calibration_fraction}")
+    check_output("--out", args.out, folder=True)
+    check_exists("--negation", args.negation)
+    id_data = open_data(args.id) if args.id else None
+    check_classes(args, id_data, required=False)
+    backbone = backbone_from_args(args)
+    id_fs = extract_from_args(args, backbone, id_data) if id_data is not None else None
+    calibration = id_fs
+    train = None
+    if args.detector in FEATURE_DETECTORS:
         held_out = np.random.default_rng(args.seed).random(len(id_fs)) < args.calibration_fraction
         train, calibration = id_fs.subset(np.flatnonzero(~held_out)), id_fs.subset(np.flatnonzero(held_out))
     side = _class_side(args, backbone, id_fs.classes if id_fs is not None else None)
@@ -54,6 +62,10 @@ def cmd_score(args) -> None:
     from ..heads import load_head
     from ..heads._base import HEAD_JSON
 
+    check_run_args(args)
+    check_exists("detector folder", args.detector)
+    check_output("--output", args.output)
+    data = open_data(args.images)
     backbone = backbone_from_args(args)
     detector = load_head(args.detector, fingerprint=backbone.fingerprint)
     threshold = args.threshold
@@ -62,7 +74,7 @@ def cmd_score(args) -> None:
     if threshold is None:
         raise ValueError(f"{args.detector} has no calibrated threshold (it was fitted without --id images): "
                          "pass --threshold, or refit it with --id")
-    fs = extract_from_args(args, backbone, args.images if len(args.images) > 1 else args.images[0])
+    fs = extract_from_args(args, backbone, data)
     scores = detector.score_samples(fs.features)
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     writer = csv.writer(out)
@@ -80,17 +92,24 @@ def cmd_train_clipn(args) -> None:
 
     if not (args.captions or args.id):
         raise ValueError("give --captions FOLDER (images/ + captions.csv) and/or --id labelled ID images with --card")
+    check_run_args(args)
+    check_output("--out", args.out, folder=True)
+    check_exists("--captions", args.captions)
+    caption_data = open_data(Path(args.captions) / "images") if args.captions else None
+    id_data = open_data(args.id) if args.id else None
+    if id_data is not None:
+        check_classes(args, id_data)
     backbone = backbone_from_args(args)
     cache = args.cache_dir
     parts, sources = [], {}
-    if args.captions:
+    if caption_data is not None:
         folder = Path(args.captions)
-        images = extract_from_args(args, backbone, folder / "images")
+        images = extract_from_args(args, backbone, caption_data)
         parts.append(caption_targets(images, folder / "captions.csv", backbone, first=args.first, cache_dir=cache))
         sources["captions"] = {"folder": str(folder), "first": args.first, "images": len(parts[-1][0]),
                                "captions": len(parts[-1][1].embeddings)}
-    if args.id:
-        images = extract_from_args(args, backbone, args.id)
+    if id_data is not None:
+        images = extract_from_args(args, backbone, id_data)
         names, templates = classes_and_templates(args, images.classes)
         parts.append(class_prompt_targets(images, names, templates, backbone, cache_dir=cache))
         sources["class_prompts"] = {"data": str(args.id), "images": len(images), "classes": names,
@@ -111,12 +130,19 @@ def cmd_eval(args) -> None:
     from ..metrics import classification_metrics
     from ..ood_metrics import evaluate_detectors, markdown_table
 
-    backbone = backbone_from_args(args)
-    id_fs = extract_from_args(args, backbone, args.id)
-    ood = {dataset_label(p): extract_from_args(args, backbone, p).features for p in args.ood.split(",") if p}
-    train = extract_from_args(args, backbone, args.train) if args.train else None
+    check_run_args(args)
+    check_output("--output", args.output, folder=True)
+    check_exists("--negation", args.negation)
+    id_data = open_data(args.id)
+    ood_data = {dataset_label(p): open_data(p) for p in args.ood.split(",") if p}
+    train_data = open_data(args.train) if args.train else None
+    check_classes(args, id_data, required=False)
     names, notes = choose_detectors(args.detectors, have_classes=bool(args.card or args.classes),
-                                    have_train=train is not None, have_negation=bool(args.negation))
+                                    have_train=train_data is not None, have_negation=bool(args.negation))
+    backbone = backbone_from_args(args)
+    id_fs = extract_from_args(args, backbone, id_data)
+    ood = {label: extract_from_args(args, backbone, data).features for label, data in ood_data.items()}
+    train = extract_from_args(args, backbone, train_data) if train_data is not None else None
     side = _class_side(args, backbone, id_fs.classes)
     detectors = {n: fit_detector(n, logit_scale=backbone.logit_scale, train=train, **side) for n in names}
     rows, scores = evaluate_detectors(detectors, id_fs.features, ood)
@@ -138,12 +164,12 @@ def add_commands(sub) -> None:
     ood_sub = ood.add_subparsers(dest="ood_command", required=True)
 
     p = ood_sub.add_parser("fit", help="fit one detector and save it (safetensors + JSON, with the fingerprint)")
-    p.add_argument("--detector", required=True, choices=DETECTORS)
+    p.add_argument("--detector", required=True, type=canonical_name, choices=DETECTORS)
     p.add_argument("--out", required=True, help="output folder of the saved detector")
     add_class_args(p, "comma-separated ID class names")
     p.add_argument("--id", help="ID images: training features of mahalanobis/knn (labels used when present) and "
                                 "the calibration set of the threshold")
-    p.add_argument("--negation", help="negation map folder from 'zeroshot ood train-clipn' (clipn_* detectors)")
+    p.add_argument("--negation", help="negation map folder from 'zeroshot ood train-clipn' (clipn-* detectors)")
     p.add_argument("--tpr", type=float, default=0.95, help="ID acceptance rate the saved threshold keeps")
     p.add_argument("--calibration-fraction", type=float, default=0.2,
                    help="share of --id held out to set the threshold of mahalanobis/knn (fitted on the rest)")
@@ -162,9 +188,9 @@ def add_commands(sub) -> None:
     p = ood_sub.add_parser("eval", help="AUROC / FPR95 / AUPR table of detectors, ROC and histogram PNGs")
     p.add_argument("--id", required=True, help="ID test images")
     p.add_argument("--ood", required=True, help="comma-separated OOD datasets")
-    p.add_argument("--train", help="ID training images for mahalanobis / relative_mahalanobis / knn")
+    p.add_argument("--train", help="ID training images for mahalanobis / relative-mahalanobis / knn")
     add_class_args(p, "comma-separated ID class names")
-    p.add_argument("--negation", help="negation map folder for clipn_ctw / clipn_atd")
+    p.add_argument("--negation", help="negation map folder for clipn-ctw / clipn-atd")
     p.add_argument("--detectors", default="all", help=f"'all' or a comma-separated subset of {', '.join(DETECTORS)}")
     p.add_argument("--output", default="ood_eval", help="output folder (default: ./ood_eval)")
     add_model_args(p)

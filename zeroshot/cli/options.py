@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from pathlib import Path
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -11,8 +13,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--cache-dir", default=None, help="feature cache (default: $ZEROSHOT_CACHE or ~/.cache/zeroshot)")
+    add_cache_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_cache_arg(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir``: the feature and text cache every command shares (see :mod:`zeroshot.cache`)."""
+    p.add_argument("--cache-dir", default=None, help="cache folder (default: $ZEROSHOT_CACHE or ~/.cache/zeroshot)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -77,4 +84,85 @@ def report_failed(fs) -> None:
 
 def int_list(text: str) -> list[int]:
     """``"1,2,4"`` -> ``[1, 2, 4]``."""
-    return [int(v) for v in text.split(",") if v.strip()]
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated whole numbers like 1,2,4, got {text!r}") from None
+
+
+# --- checks every command runs first: cheap mistakes fail in a second, before a model loads or an image decodes ---
+def check_at_least(option: str, value: int | float | None, low: int = 1) -> None:
+    """Refuse a count below ``low`` (``--top-k 0``) that would fail late or write a malformed file."""
+    if value is not None and value < low:
+        raise ValueError(f"{option} must be at least {low}, got {value}")
+
+
+def gpu_count() -> int:
+    """CUDA devices torch can use; ``CUDA_VISIBLE_DEVICES=""`` answers without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_device(device: str | None) -> None:
+    """Refuse ``--device`` values this machine cannot run (``cuda`` without a GPU, ``cuda:3`` of two, typos)."""
+    if device is None:
+        return
+    match = re.fullmatch(r"(cpu|cuda|mps|xpu)(?::(\d+))?", device)
+    if not match:
+        raise ValueError(f"unknown --device {device!r}; use cpu, cuda or cuda:N")
+    if match[1] != "cuda":
+        return
+    count = gpu_count()
+    if count == 0:
+        raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu (or leave --device out)")
+    if match[2] is not None and int(match[2]) >= count:
+        raise ValueError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
+                         "pick one of them or use --device cpu")
+
+
+def check_run_args(args: argparse.Namespace) -> None:
+    """The options every model command shares: ``--device``, ``--batch-size`` and ``--workers``."""
+    check_device(args.device)
+    check_at_least("--batch-size", args.batch_size)
+    check_at_least("--workers", getattr(args, "workers", None), 0)
+
+
+def check_exists(option: str, path: str | os.PathLike | None) -> None:
+    """A file or folder named on the command line must exist."""
+    if path is not None and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"{option} {path} does not exist; check the path")
+
+
+def check_output(option: str, path: str | os.PathLike | None, *, folder: bool = False) -> None:
+    """Refuse an output that cannot be written before doing the work: a folder where a file goes (or the reverse),
+    a location under a file, or one without write permission. Nothing is created here."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    kind = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{option} {path} is a {'file' if folder else 'folder'}, but a {kind} is written there; "
+                         f"give a {kind} path")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() and existing != path:
+        raise ValueError(f"{option} {path} cannot be created: {existing} is a file; give a {kind} path elsewhere")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{option} {path} is not writable ({existing} does not allow writing); "
+                              f"give a {kind} path you can write to")
+
+
+def check_classes(args: argparse.Namespace, dataset=None, *, required: bool = True) -> None:
+    """``--card`` exists and (if ``required``) ``--card`` or ``--classes`` is given, and the card covers the dataset's
+    classes: checked before encoding, not after."""
+    if required or args.card or args.classes:
+        classes_and_templates(args, dataset.classes if dataset is not None else None)
+
+
+def open_data(spec: str | os.PathLike | list):
+    """Open a dataset named on the command line now: a missing path or unknown kind fails before the model loads."""
+    from ..datasets import open_dataset
+
+    return open_dataset(spec)

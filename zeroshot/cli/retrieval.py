@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from .options import add_model_args, backbone_from_args, extract_from_args, report_failed
+from .options import (add_model_args, backbone_from_args, check_at_least, check_exists, check_output, check_run_args,
+                      extract_from_args, open_data, report_failed)
 
 
 def add_commands(sub) -> None:
@@ -55,14 +56,23 @@ def add_commands(sub) -> None:
 
 def cmd_index_build(args) -> None:
     from ..features import MANIFEST, FeatureSet
-    from ..retrieval.index import Index
+    from ..retrieval.index import Index, check_factory, parse_bytes
 
     start = time.perf_counter()
+    check_run_args(args)
+    check_output("--out", args.out, folder=True)
+    parse_bytes(args.max_memory)
+    if not 0 < args.target_recall <= 1:
+        raise ValueError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+    check_at_least("--nprobe", args.nprobe)
+    check_at_least("--ef-search", args.ef_search)
     source = args.data[0] if len(args.data) == 1 else args.data
     if isinstance(source, str) and (Path(source) / MANIFEST).is_file():
         features = FeatureSet.load(source)
     else:
-        features = extract_from_args(args, backbone_from_args(args), source)
+        data, backbone = open_data(source), backbone_from_args(args)
+        check_factory(args.index, len(data), backbone.embed_dim)  # before encoding; Index.build checks it again
+        features = extract_from_args(args, backbone, data)
         report_failed(features)
     params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if value}
     index = Index.build(features, factory=args.index, max_memory=args.max_memory, target_recall=args.target_recall,
@@ -78,6 +88,11 @@ def cmd_search(args) -> None:
     from ..retrieval.index import Index
     from ..retrieval.search import search_ids, search_images, search_text
 
+    check_run_args(args)
+    check_at_least("-k", args.k)
+    check_output("--output", args.output)
+    for image in args.image or []:
+        check_exists("--image", image)
     index = Index.load(args.index)
     try:
         if args.id:
@@ -118,6 +133,9 @@ def cmd_serve(args) -> None:
     from ..retrieval.index import Index
     from ..retrieval.serve import SearchService, serve
 
+    check_run_args(args)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
     index = Index.load(args.index)
     service = SearchService(index, backbone_from_args(args), max_upload=int(args.max_upload_mb * 2**20),
                             templates=args.template)

@@ -12,27 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-# Head classes by name in zeroshot.heads, imported when a head is built: the CLI parser imports this module, and
-# every command would otherwise pay for scikit-learn and SciPy at start-up.
-SUPERVISED = {
-    "linear-probe": ("LinearProbe", {}),
-    "linear-probe-zs": ("LinearProbe", {"init": "zero-shot"}),
-    "tip": ("TipAdapter", {}),
-    "tip-f": ("TipAdapterF", {}),
-    "gda": ("GDA", {}),
-    "caps": ("CapSAdapter", {}),
-    "teen": ("TEEN", {}),
-}
-LABEL_FREE = ("zero-shot", "zlap", "zlap-inductive")  # no shots: one row each, shots = 0
-HEAD_NAMES = LABEL_FREE + tuple(SUPERVISED)
+from ..heads.registry import REGISTRY, canonical_name, names, spec_for
+
+HEAD_NAMES = names("classifier")  # every registered classifier runs in the protocol
+SUPERVISED = tuple(n for n in HEAD_NAMES if "labels" in REGISTRY[n].needs)
+LABEL_FREE = tuple(n for n in HEAD_NAMES if n not in SUPERVISED)  # no shots: one row each, shots = 0
+DEFAULT_LOGIT_SCALE = 100.0  # CLIP's; the CLI passes the backbone's own
 
 
-def new_head(name: str, seed: int):
-    """An unfitted supervised head of the protocol, seeded with the run's seed."""
-    from ..heads import HEADS
-
-    cls, kwargs = SUPERVISED[name]
-    return HEADS[cls](**kwargs, random_state=seed)
+def new_head(name: str, seed: int, logit_scale: float = DEFAULT_LOGIT_SCALE):
+    """An unfitted head of the protocol, seeded with the run's seed; every head that takes a logit scale gets
+    ``logit_scale`` (the backbone's, as ``eval`` and ``ood`` use)."""
+    return spec_for(name, "classifier").build(random_state=seed, logit_scale=logit_scale)
 
 
 def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -67,32 +58,30 @@ def _timed(fn):
     return result, time.perf_counter() - start
 
 
-def _label_free_row(name: str, support_X, test_X, test_y, W) -> dict:
-    """Zero-shot; ZLaP transductive (graph on the test set itself); ZLaP inductive (graph on the UNLABELLED support
-    pool, queries = the test set)."""
-    from ..heads import ZeroShotClassifier, ZLaP
-
-    if name == "zero-shot":
-        head, fit_s = _timed(lambda: ZeroShotClassifier().fit(classes=W))
-        scores, predict_s = _timed(lambda: head.decision_function(test_X))
-    elif name == "zlap":
-        head, fit_s = _timed(lambda: ZLaP().fit(test_X, classes=W))
+def _label_free_row(name: str, support_X, test_X, test_y, W, logit_scale: float) -> dict:
+    """A head without labels: fitted on the class embeddings and, when it takes images, on the unlabelled test set
+    itself (transductive, e.g. ZLaP's graph) or on the UNLABELLED support pool (inductive, queries = the test
+    set)."""
+    spec = REGISTRY[name]
+    head = new_head(name, 0, logit_scale)
+    unlabelled = test_X if spec.transductive else support_X
+    _, fit_s = _timed(lambda: spec.fit(head, features=unlabelled, classes=W))
+    if spec.transductive:
         scores, predict_s = head.transductive_scores_, 0.0
     else:
-        head, fit_s = _timed(lambda: ZLaP().fit(support_X, classes=W))
         scores, predict_s = _timed(lambda: head.decision_function(test_X))
     return {"head": name, "shots": 0, "seed": "", "acc1": float((scores.argmax(axis=1) == test_y).mean()),
             "fit_s": fit_s, "predict_s": predict_s, "search": "none (no labels)", "val_accuracy": "", "chosen": {},
             "error": ""}
 
 
-def _supervised_row(name: str, k: int, seed: int, X, y, test_X, test_y, W) -> dict:
+def _supervised_row(name: str, k: int, seed: int, X, y, test_X, test_y, W, logit_scale: float) -> dict:
     row = {"head": name, "shots": k, "seed": seed}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            head = new_head(name, seed)
-            _, fit_s = _timed(lambda: head.fit(X, y, classes=W))
+            head = new_head(name, seed, logit_scale)
+            _, fit_s = _timed(lambda: REGISTRY[name].fit(head, features=X, labels=y, classes=W))
             pred, predict_s = _timed(lambda: head.predict(test_X))
         except ValueError as exc:  # e.g. GDA with one shot per class: no covariance can be estimated
             return {**row, "acc1": None, "fit_s": "", "predict_s": "", "search": "", "val_accuracy": "",
@@ -104,10 +93,12 @@ def _supervised_row(name: str, k: int, seed: int, X, y, test_X, test_y, W) -> di
 
 
 def run_fewshot(support_X, support_y, test_X, test_y, class_embeddings, *, shots=(1, 2, 4, 8, 16), seeds=(1, 2, 3),
-                heads=HEAD_NAMES, progress: bool = False) -> list[dict]:
+                heads=HEAD_NAMES, logit_scale: float = DEFAULT_LOGIT_SCALE, progress: bool = False) -> list[dict]:
     """One row per (head, shots, seed): top-1 on the test set, fit / predict seconds, the chosen hyperparameters
     and how they were found. Label-free heads get one row with shots = 0. Each head's own validation split is
-    seeded with the run's seed; the test set never enters a fit (except ZLaP transductive, which is unlabelled)."""
+    seeded with the run's seed; the test set never enters a fit (except ZLaP transductive, which is unlabelled).
+    ``heads``: registry names (``_`` spellings accepted); ``logit_scale`` goes to every head that takes one."""
+    heads = [canonical_name(h) for h in heads]
     unknown = [h for h in heads if h not in HEAD_NAMES]
     if unknown:
         raise ValueError(f"unknown heads {unknown}; choose from {', '.join(HEAD_NAMES)}")
@@ -115,15 +106,16 @@ def run_fewshot(support_X, support_y, test_X, test_y, class_embeddings, *, shots
 
     support_y = check_labels(support_y, len(support_X), len(class_embeddings), name="support labels")
     test_y = check_labels(test_y, len(test_X), len(class_embeddings), name="test labels")
-    rows = [_label_free_row(h, support_X, test_X, test_y, class_embeddings) for h in heads if h in LABEL_FREE]
-    names = [h for h in heads if h in SUPERVISED]
-    n_runs, done = len(shots) * len(seeds) * len(names), 0
+    rows = [_label_free_row(h, support_X, test_X, test_y, class_embeddings, logit_scale)
+            for h in heads if h in LABEL_FREE]
+    supervised = [h for h in heads if h in SUPERVISED]
+    n_runs, done = len(shots) * len(seeds) * len(supervised), 0
     for k in shots:
         for seed in seeds:
             rows_k = sample_shots(support_y, k, seed)  # one draw of shots for every head
             X, y = support_X[rows_k], support_y[rows_k]
-            for name in names:
-                rows.append(_supervised_row(name, k, seed, X, y, test_X, test_y, class_embeddings))
+            for name in supervised:
+                rows.append(_supervised_row(name, k, seed, X, y, test_X, test_y, class_embeddings, logit_scale))
                 done += 1
                 if progress:
                     acc = rows[-1]["acc1"]

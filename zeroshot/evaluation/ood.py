@@ -10,44 +10,42 @@ from pathlib import Path
 
 import numpy as np
 
-DETECTORS = ("mcm", "maxlogit", "energy", "mahalanobis", "relative_mahalanobis", "knn", "clipn_ctw", "clipn_atd")
-FEATURE_DETECTORS = ("mahalanobis", "relative_mahalanobis", "knn")  # fitted on ID image features
-CLIPN_DETECTORS = ("clipn_ctw", "clipn_atd")  # need a negation map
+from ..heads.registry import REGISTRY, canonical_name, names, spec_for
+
+DETECTORS = names("ood")
+FEATURE_DETECTORS = tuple(n for n in DETECTORS if "features" in REGISTRY[n].needs)  # fitted on ID image features
+CLIPN_DETECTORS = tuple(n for n in DETECTORS if "no_classes" in REGISTRY[n].needs)  # need a negation map
 
 
 def fit_detector(name: str, *, logit_scale: float, classes=None, no_classes=None, class_names=None,
                  train=None):
-    """A fitted detector by name: text detectors from ``classes`` (+ ``no_classes`` for CLIPN), feature detectors
-    from the ``train`` FeatureSet (its labels feed Mahalanobis when every row has one)."""
-    from ..heads import CLIPN, KNN, MCM, Energy, Mahalanobis, MaxLogit, RelativeMahalanobis
-
-    if name in FEATURE_DETECTORS:
-        if train is None:
-            raise ValueError(f"detector {name} is fitted on ID image features: give ID training images")
+    """A fitted detector by registry name (``_`` spellings accepted): text detectors from ``classes`` (+
+    ``no_classes`` for CLIPN), feature detectors from the ``train`` FeatureSet (its labels feed Mahalanobis when
+    every row has one); every detector that takes a logit scale gets the backbone's."""
+    spec = spec_for(name, "ood")
+    if "features" in spec.needs and train is None:
+        raise ValueError(f"detector {spec.name} is fitted on ID image features: give ID training images")
+    if "classes" in spec.needs and classes is None:
+        raise ValueError(f"detector {spec.name} scores against class text embeddings: give ID class names")
+    if "no_classes" in spec.needs and no_classes is None:
+        raise ValueError(f"detector {spec.name} needs a negation map (train one with 'zeroshot ood train-clipn')")
+    inputs = {"classes": classes, "no_classes": no_classes, "class_names": class_names}
+    if train is not None:
         labels = np.asarray(train.labels)
-        detector = {"mahalanobis": Mahalanobis, "relative_mahalanobis": RelativeMahalanobis, "knn": KNN}[name]()
-        return detector.fit(train.features, labels if len(labels) and (labels >= 0).all() else None)
-    if classes is None:
-        raise ValueError(f"detector {name} scores against class text embeddings: give ID class names")
-    if name in CLIPN_DETECTORS:
-        if no_classes is None:
-            raise ValueError(f"detector {name} needs a negation map (train one with 'zeroshot ood train-clipn')")
-        return CLIPN(name.split("_")[1], logit_scale).fit(classes=classes, no_classes=no_classes,
-                                                         class_names=class_names)
-    detector = {"mcm": MCM(), "maxlogit": MaxLogit(), "energy": Energy(logit_scale=logit_scale)}[name]
-    return detector.fit(classes=classes, class_names=class_names)
+        inputs |= {"features": train.features, "labels": labels if len(labels) and (labels >= 0).all() else None}
+    return spec.fit(spec.build(logit_scale=logit_scale), **inputs)
 
 
 def choose_detectors(spec: str, *, have_classes: bool, have_train: bool,
                      have_negation: bool) -> tuple[list[str], list[str]]:
     """(detectors to run, notes on the ones 'all' leaves out): 'all' means every detector the inputs allow."""
     if spec != "all":
-        names = [n.strip() for n in spec.split(",") if n.strip()]
-        unknown = [n for n in names if n not in DETECTORS]
+        chosen = [canonical_name(n) for n in spec.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in DETECTORS]
         if unknown:
             raise ValueError(f"unknown detectors {unknown}; choose from {', '.join(DETECTORS)} or 'all'")
-        return names, []
-    names, notes = [], []
+        return chosen, []
+    chosen, notes = [], []
     for name in DETECTORS:
         if name not in FEATURE_DETECTORS and not have_classes:
             notes.append(f"{name}: skipped, needs --card or --classes")
@@ -56,8 +54,8 @@ def choose_detectors(spec: str, *, have_classes: bool, have_train: bool,
         elif name in CLIPN_DETECTORS and not have_negation:
             notes.append(f"{name}: skipped, needs --negation (zeroshot ood train-clipn)")
         else:
-            names.append(name)
-    return names, notes
+            chosen.append(name)
+    return chosen, notes
 
 
 def dataset_label(path: str) -> str:

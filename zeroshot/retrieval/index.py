@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbone import check_fingerprint
 from ..features import FeatureSet, atomic_save_npy, atomic_write_json, check_features, load_npy, unit_rows
 
 MANIFEST = "index.json"
@@ -24,6 +25,7 @@ INDEX_FILE = "index.faiss"
 FORMAT_VERSION = 1
 FLAT_LIMIT = 200_000  # auto: exact search up to this many rows (no training, fast enough on a CPU)
 TRAIN_PER_LIST = 50  # IVF training rows per list: above faiss's 39 warning, below autofaiss's 100 (CPU minutes)
+MIN_TRAIN_PER_LIST = 39  # faiss warns below this many training rows per IVF list
 TUNE_QUERIES = 500  # rows held out of the index while they tune nprobe / efSearch as queries
 TUNE_MARGIN = 0.01  # tune to target + margin so that other queries, a different sample, still meet the target
 PQ_SIZES = (256, 128, 96, 64, 48, 32, 24, 16, 8, 4)
@@ -94,6 +96,47 @@ def choose_factory(n: int, d: int, max_memory: int | str = "2G") -> str:
     smallest = min(index_bytes(f, n, d) for f in candidates)
     raise ValueError(f"{n} rows of width {d} need at least {smallest / 2**20:.0f} MiB in any index here, more than "
                      f"max_memory={max_memory}: raise max_memory or index fewer rows")
+
+
+def _faiss_index(factory: str, dim: int):
+    """An empty faiss index for an index_factory string; one it cannot parse is a ValueError naming the cause."""
+    import faiss
+
+    if "IDMap" in factory:
+        raise ValueError(f"index {factory!r}: drop the IDMap prefix; this index maps faiss positions to your ids "
+                         "itself")
+    try:
+        return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"faiss cannot make index {factory!r} for width {dim}: "
+                         f"{str(exc).splitlines()[-1].split(': ')[-1]}; write e.g. Flat, HNSW32, IVF1024,Flat, "
+                         "IVF4096,PQ48x8 or 'auto'") from None
+
+
+def check_factory(factory: str, n: int, d: int) -> None:
+    """Refuse, before any training, a factory string faiss cannot make or ``n`` rows of width ``d`` cannot train:
+    IVF needs at least nlist rows (and warns below ~39 per list, faiss's own threshold), a product quantizer at
+    least 2^nbits. ``'auto'`` always fits."""
+    import faiss
+
+    if factory == "auto":
+        return
+    if n < 1 or d < 1:
+        raise ValueError(f"cannot index {n} rows of width {d}")
+    ivf = faiss.try_extract_index_ivf(_faiss_index(factory, d))
+    if ivf is not None and n < MIN_TRAIN_PER_LIST * ivf.nlist:
+        most = n // MIN_TRAIN_PER_LIST
+        advice = "use 'auto' or Flat" + (f", or at most IVF{most} for {n} rows" if most else "")
+        message = (f"{factory} trains {ivf.nlist} lists on {n} rows (faiss wants >= {MIN_TRAIN_PER_LIST} per "
+                   f"list); {advice}")
+        if n < ivf.nlist:
+            raise ValueError(message)
+        warnings.warn(message)  # stacklevel 1: one location, so a repeated check warns once
+    pq = re.search(r"PQ\d+(?:x(\d+))?", factory)  # PQ{m}x{nbits}, nbits 8 unless given
+    centroids = 2 ** int(pq.group(1) or 8) if pq else 0
+    if n < centroids:
+        raise ValueError(f"{factory}: its product quantizer trains {centroids} centroids and needs at least that many "
+                         f"rows, got {n}; use 'auto', Flat, HNSW32 or an SQ8 index")
 
 
 def search_knob(factory: str) -> str | None:
@@ -171,15 +214,9 @@ class Index:
 
     def __init__(self, dim: int, factory: str = "Flat", *, fingerprint: str | None = None,
                  backbone: str | None = None):
-        import faiss
-
         if factory == "auto":
             raise ValueError("'auto' chooses from the data: use Index.build(features, factory='auto')")
-        try:
-            self.faiss_index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as exc:
-            raise ValueError(f"faiss cannot make index {factory!r} for width {dim}: "
-                             f"{str(exc).splitlines()[-1].split(': ')[-1]}") from None
+        self.faiss_index = _faiss_index(factory, dim)
         self.dim, self.factory = int(dim), factory
         self.fingerprint, self.backbone = fingerprint, backbone
         self.ids = np.zeros(0, dtype=str)
@@ -216,6 +253,7 @@ class Index:
         X = unit_rows(features)
         if factory == "auto":
             factory = choose_factory(*X.shape, max_memory)
+        check_factory(factory, *X.shape)
         index = cls(X.shape[1], factory, fingerprint=fingerprint, backbone=backbone)
         index.train(X, seed=seed)
         ids = _ids_array(np.arange(len(X)) if ids is None else ids)
@@ -340,11 +378,8 @@ class Index:
     # --- searching ------------------------------------------------------------------------------------------
     def check_fingerprint(self, fingerprint: str | None) -> None:
         """Refuse features from another backbone than the one this index was built from."""
-        if fingerprint is not None and self.fingerprint is not None and fingerprint != self.fingerprint:
-            made_by = f"'{self.backbone}' " if self.backbone else ""
-            raise ValueError(f"this index holds features of backbone {made_by}(fingerprint {self.fingerprint}) but "
-                             f"the queries come from fingerprint {fingerprint}: search with the model the index "
-                             "was built from, or rebuild the index with this one")
+        check_fingerprint(self.fingerprint, fingerprint, "this index", "search with the model the index was built "
+                          "from, or rebuild the index with this one", name=self.backbone)
 
     def search_positions(self, queries, k: int = 10, *, fingerprint: str | None = None):
         """Raw faiss answer: (similarities, positions), both (nq, k), -1 where there is no k-th result."""
@@ -412,7 +447,7 @@ class Index:
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"no index in {folder} ({MANIFEST} missing): build one with `zeroshot index build`")
+            raise FileNotFoundError(f"no index in {folder} ({MANIFEST} missing); build one with `zeroshot index build`")
         manifest = json.loads(path.read_text())
         if manifest.get("version") != FORMAT_VERSION:
             raise ValueError(f"{folder}: index format {manifest.get('version')} is not {FORMAT_VERSION}; rebuild it")

@@ -9,7 +9,7 @@ The result is a model folder holding the student image tower and the teacher's t
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import sys
@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from .align import AlignConfig, Aligner, Targets, ViewPlan
 from ..backbone import (
-    CONFIG_FILE, Backbone, load_backbone, quiet_model_loading, resolved_text_cfg, save_backbone_folder,
-    text_tower_from_package,
+    CONFIG_FILE, Backbone, build_model, load_backbone, save_backbone_folder, text_tower_from_package,
 )
 from ..datasets import Dataset, open_dataset
-from ..extraction import decode_all, default_cache_dir
+from ..cache import resolve_cache_dir, touch_last_used, views_entry
+from ..extraction import decode_all
 from ..features import FeatureSet
 from ..images import ImageTransform
 
@@ -64,7 +64,7 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
             batch_size: int = 128, lr: float = 2e-3, seed: int = 0, anchors: np.ndarray | None = None,
             affinity_weight: float = 0.0, init: str | os.PathLike | None = None, max_minutes: float | None = None,
             max_steps: int | None = None,
-            holdout: float = 0.02, cache_dir: str | os.PathLike | None = None,
+            holdout: float = 0.02, cache_dir: str | os.PathLike | None | bool = None,
             progress: bool = True) -> Backbone:
     """Train ``student`` on ``data`` (labels unused) to reproduce ``teacher``'s image embeddings; returns it loaded.
 
@@ -106,7 +106,7 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
     plan = ViewPlan(len(images), views, seed)
     ids = [dataset.ids[r] for r in rows]
     targets = teacher_view_features(teacher, images, ids, plan, config, dataset.signature(),
-                                    Path(cache_dir) if cache_dir else default_cache_dir(), progress)
+                                    resolve_cache_dir(cache_dir), progress)
 
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = max(1, int(holdout * len(images)))
@@ -135,33 +135,35 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
 
 
 def teacher_view_features(teacher: Backbone, images: torch.Tensor, ids: list[str], plan: ViewPlan,
-                          config: AlignConfig, data_signature: dict, cache_dir: Path,
+                          config: AlignConfig, data_signature: dict, cache: Path | None,
                           progress: bool = True) -> np.ndarray:
-    """(V, N, D) teacher embeddings of every view, one FeatureSet per view under the teacher's fingerprint; views
-    already encoded (a killed run) are read back instead of encoded again."""
+    """(V, N, D) teacher embeddings of every view, one FeatureSet per view under the teacher's fingerprint in
+    ``cache`` (None: not cached); views already encoded (a killed run) are read back instead of encoded again."""
     from tqdm import tqdm
 
-    key = json.dumps({"data": data_signature, "views": plan.n_views, "seed": plan.seed, "n": len(ids),
-                      "min_crop_scale": config.min_crop_scale, "low_res_prob": config.low_res_prob,
-                      "transform": teacher.transform.fingerprint()}, sort_keys=True)
-    folder = cache_dir / teacher.fingerprint / "views" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    key = {"data": data_signature, "views": plan.n_views, "seed": plan.seed, "n": len(ids),
+           "min_crop_scale": config.min_crop_scale, "low_res_prob": config.low_res_prob,
+           "transform": teacher.transform.fingerprint()}
+    folder = views_entry(cache, teacher.fingerprint, key) if cache is not None else None
     out = np.zeros((plan.n_views, len(ids), teacher.embed_dim), np.float32)
     batch = 256
     for view in range(plan.n_views):
-        try:
-            out[view] = FeatureSet.load(folder / f"view-{view}", fingerprint=teacher.fingerprint).features
-            continue
-        except FileNotFoundError:
-            pass
+        if folder is not None:
+            with contextlib.suppress(FileNotFoundError, ValueError):  # not encoded yet, or damaged: encode it
+                out[view] = FeatureSet.load(folder / f"view-{view}", fingerprint=teacher.fingerprint).features
+                continue
         rows = np.arange(len(ids))
         for lo in tqdm(range(0, len(ids), batch), desc=f"teacher view {view + 1}/{plan.n_views}",
                        disable=not progress, mininterval=2):
             sl = rows[lo:lo + batch]
             x = plan.render(images[lo:lo + batch], sl, np.full(len(sl), view), teacher.transform, config)
             out[view, lo:lo + batch] = teacher.encode_images(x).cpu().numpy()
-        FeatureSet(out[view], np.full(len(ids), -1), np.asarray(ids, dtype=str),
-                   {"fingerprint": teacher.fingerprint, "backbone": teacher.name, "dataset": data_signature,
-                    "view": view, "views": json.loads(key)}).save(folder / f"view-{view}")
+        if folder is not None:
+            FeatureSet(out[view], np.full(len(ids), -1), np.asarray(ids, dtype=str),
+                       {"fingerprint": teacher.fingerprint, "backbone": teacher.name, "dataset": data_signature,
+                        "view": view, "views": key}).save(folder / f"view-{view}")
+    if folder is not None:
+        touch_last_used(folder)
     return out
 
 
@@ -200,18 +202,11 @@ def _warm_start(tower, transform: ImageTransform, images: torch.Tensor, targets:
 def _save_student(teacher: Backbone, tower, student: str, transform: ImageTransform, folder: Path) -> Path:
     """A model folder: the teacher's architecture with the student's vision config, weights stored in fp16 (like
     the default model); the teacher's text weights (or a pointer to its packaged text tower)."""
-    import open_clip
-
     size = transform.size
     model_cfg = dict(teacher.model_config)
     model_cfg["vision_cfg"] = {"timm_model_name": student, "timm_model_pretrained": False, "timm_pool": "avg",
                                "timm_proj": "linear", "image_size": size}
-    text_cfg = resolved_text_cfg(model_cfg)
-    if "hf_model_name" in text_cfg:
-        text_cfg["hf_model_pretrained"] = text_tower_from_package(model_cfg)
-    cls = open_clip.CustomTextCLIP if "hf_model_name" in text_cfg or model_cfg.get("custom_text") else open_clip.CLIP
-    with quiet_model_loading():
-        model = cls(**{k: v for k, v in {**model_cfg, "text_cfg": text_cfg}.items() if k != "custom_text"})
+    model = build_model(model_cfg, text_weights=text_tower_from_package(model_cfg))
     teacher_state = {k: v for k, v in teacher.model.state_dict().items() if not k.startswith("visual.")}
     missing = [k for k in model.load_state_dict(teacher_state, strict=False).missing_keys if not k.startswith("visual.")]
     if missing:

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from .align import Targets
+from ..backbone import check_fingerprint
 from ..features import FeatureSet, check_features
-from ..prompts import build_prompts, cached_text_array
+from ..prompts import build_prompts, encode_texts_cached
 
 NEGATION_JSON, NEGATION_WEIGHTS = "negation.json", "negation.safetensors"
 
@@ -80,9 +81,8 @@ class NegationMap:
         if not (folder / NEGATION_WEIGHTS).is_file():
             raise FileNotFoundError(f"no negation map in {folder} ({NEGATION_WEIGHTS} missing)")
         info = json.loads((folder / NEGATION_JSON).read_text())
-        saved = info.get("fingerprint")
-        if fingerprint is not None and saved is not None and saved != fingerprint:
-            raise ValueError(f"{folder} was trained on features of backbone {saved}, not {fingerprint}")
+        check_fingerprint(info.get("fingerprint"), fingerprint, str(folder),
+                          "train a negation map on this backbone's features ('zeroshot ood train-clipn')")
         weights = load_file(str(folder / NEGATION_WEIGHTS))
         return cls(weights["U"], weights["V"], info)
 
@@ -199,12 +199,6 @@ def _validate(images, texts, groups, U, V, logit_scale) -> dict:
     return {**{f"val_{k}": float(v) for k, v in losses.items()},
             "val_yes_acc": float((torch.diagonal(z) > 0).float().mean()),
             "val_no_acc": float((z[negatives] < 0).float().mean()) if negatives.any() else math.nan}
-
-
-def encode_texts_cached(backbone, texts: list[str], cache_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """``backbone.encode_texts(texts)``, kept under ``cache_dir/<fingerprint>/text/`` when a cache is given."""
-    return cached_text_array(backbone, [backbone.fingerprint, "texts", texts], lambda: backbone.encode_texts(texts),
-                             cache_dir)
 
 
 def caption_targets(images: FeatureSet, captions_csv: str | os.PathLike, backbone, *, first: int | None = None,
