@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 import zeroshot
+from zeroshot.features import normalise_rows
 from zeroshot.retrieval.index import Index, ivf_lists, knn_recall, parse_bytes
 from zeroshot.retrieval.search import text_to_image_recall
 
@@ -33,7 +34,7 @@ def clustered(n: int, centres: np.ndarray, noise: float, rng: np.random.Generato
         stop = min(n, start + chunk)
         x = centres[rng.integers(0, len(centres), stop - start)]
         x += (noise / np.sqrt(centres.shape[1])) * rng.standard_normal(x.shape, dtype=np.float32)
-        out[start:stop] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[start:stop] = normalise_rows(x)
     return out
 
 
@@ -57,7 +58,7 @@ def measure(name: str, build, Q: np.ndarray, k: int) -> tuple[dict, np.ndarray, 
 def synthetic(n: int, args) -> list[dict]:
     rng = np.random.default_rng(args.seed)
     centres = rng.standard_normal((args.clusters, args.dim), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    centres = normalise_rows(centres)
     X, Q = clustered(n, centres, args.noise, rng), clustered(args.queries, centres, args.noise, rng)
     k, nlist = args.k, ivf_lists(n)
     builds = [

@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--output", help="also write the table, ROC curves and histograms here")
     args = parser.parse_args()
     data = Path(args.data)
-    cache = args.cache_dir or zeroshot.default_cache_dir()
+    cache = args.cache_dir  # None: the default cache
     backbone = zeroshot.load_backbone(args.model, device="cpu")
     features = {name: zeroshot.extract(backbone, data / path, cache_dir=cache, progress=False)
                 for name, path in SETS.items()}

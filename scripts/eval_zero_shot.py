@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     data = Path(args.data)
     backbone = zeroshot.load_backbone(args.model, device="cpu", decode=args.decode)
-    cache = args.cache_dir or zeroshot.default_cache_dir()
+    cache = args.cache_dir  # None: the default cache
     print(f"# model {backbone.name}, fingerprint {backbone.fingerprint}, decode {args.decode}")
     rows = {}
     chosen = {name.strip() for name in args.sets.split(",")}

@@ -27,6 +27,17 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def npz_slice(folder: Path, *source: str, rows=slice(None)) -> Path:
+    """``rows`` of a shared ``.npz`` set (images, labels, ids) saved in ``folder`` under the same name, with its
+    ``classes.json`` beside it, so that tests encode a few hundred real images instead of thousands."""
+    src = shared(*source)
+    folder.mkdir(parents=True, exist_ok=True)
+    with np.load(src, allow_pickle=False) as z:
+        np.savez(folder / src.name, **{k: z[k][rows] for k in ("images", "labels", "ids") if k in z})
+    (folder / "classes.json").write_text((src.parent / "classes.json").read_text())
+    return folder / src.name
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A seeded tiny model saved through the local-folder path (open_clip_config.json + safetensors)."""

@@ -126,9 +126,9 @@ def test_pretrained_tags_go_to_open_clip(monkeypatch):
     fetched here."""
     import open_clip
 
-    import zeroshot.backbone
+    import zeroshot.hub
 
-    monkeypatch.setattr(zeroshot.backbone, "hub_reachable", lambda url: True)
+    monkeypatch.setattr(zeroshot.hub, "hub_reachable", lambda url: True)
     calls = []
 
     def fake_create_model(name, pretrained=None, **kwargs):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared, unit_rows
+from conftest import npz_slice, unit_rows
 from zeroshot import class_embeddings, default_cache_dir, extract
 from zeroshot.cache import (atomic_save_npy, list_entries, npy_intact, prune, resolve_cache_dir, text_path,
                             touch_last_used)
@@ -177,12 +177,7 @@ def test_cli_cache_ls_and_prune(populated, capsys):
 @pytest.fixture(scope="module")
 def small_slice(tmp_path_factory) -> Path:
     """The first 160 CIFAR-10 test images as an .npz (with classes.json beside it)."""
-    src = shared("cifar10", "test.npz")
-    folder = tmp_path_factory.mktemp("cache_slice")
-    with np.load(src, allow_pickle=False) as z:
-        np.savez(folder / "test.npz", images=z["images"][:160], labels=z["labels"][:160], ids=z["ids"][:160])
-    (folder / "classes.json").write_text((src.parent / "classes.json").read_text())
-    return folder / "test.npz"
+    return npz_slice(tmp_path_factory.mktemp("cache_slice"), "cifar10", "test.npz", rows=slice(160))
 
 
 def test_extract_expands_user_and_false_means_no_cache(tiny_backbone, small_slice, monkeypatch, tmp_path):

@@ -14,19 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared
+from conftest import npz_slice, shared
 from zeroshot import FeatureSet, extract, open_dataset
 
 
 @pytest.fixture(scope="module")
 def cifar_slice(tmp_path_factory) -> Path:
     """The first 240 CIFAR-10 test images as an .npz (with classes.json beside it)."""
-    src = shared("cifar10", "test.npz")
-    folder = tmp_path_factory.mktemp("cifar_slice")
-    with np.load(src, allow_pickle=False) as z:
-        np.savez(folder / "test.npz", images=z["images"][:240], labels=z["labels"][:240], ids=z["ids"][:240])
-    (folder / "classes.json").write_text((src.parent / "classes.json").read_text())
-    return folder / "test.npz"
+    return npz_slice(tmp_path_factory.mktemp("cifar_slice"), "cifar10", "test.npz", rows=slice(240))
 
 
 def test_extract_real_slice_then_cache_hit(tiny_backbone, cifar_slice, tmp_path, monkeypatch):

@@ -1,6 +1,9 @@
 """Every registered head, swept: build, fit on what the registry says it needs, score, save, load, clone."""
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -75,3 +78,10 @@ def test_build_passes_only_the_settings_a_head_takes():
     assert REGISTRY["tip"].build(logit_scale=39.6, random_state=3).get_params()["logit_scale"] == 39.6
     assert REGISTRY["clipn-ctw"].build(logit_scale=39.6).get_params() == {"inference": "ctw", "logit_scale": 39.6}
     assert REGISTRY["mcm"].build(logit_scale=39.6).get_params() == {"temperature": 1.0}
+
+
+def test_the_readme_table_is_the_registry():
+    """The README lists the heads from the registry (scripts/heads_table.py), so the docs cannot drift from it."""
+    root = Path(__file__).resolve().parents[1]
+    table = runpy.run_path(str(root / "scripts" / "heads_table.py"))["heads_table"]()
+    assert table in (root / "README.md").read_text()

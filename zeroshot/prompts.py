@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_save_npy, resolve_cache_dir, text_path, touch_last_used
-from .features import load_npy
+from .features import load_npy, normalise_rows
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,11 @@ def _prompt_ensembles(backbone, prompts: list[list[str]]) -> np.ndarray:
     """(C, D) float32: per class, the renormalised mean of its normalised prompt embeddings."""
     flat = [p for group in prompts for p in group]
     encoded = backbone.encode_texts(flat).astype(np.float64)
-    encoded /= np.linalg.norm(encoded, axis=1, keepdims=True)
+    encoded = normalise_rows(encoded)
     counts = np.array([len(g) for g in prompts])
     sums = np.add.reduceat(encoded, np.concatenate([[0], np.cumsum(counts)[:-1]]), axis=0)
     weights = sums / counts[:, None]
-    return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
+    return normalise_rows(weights).astype(np.float32)
 
 
 def encode_texts_cached(backbone, texts: list[str], cache_dir: str | os.PathLike | None | bool = None) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .align import Targets
 from ..backbone import check_fingerprint
-from ..features import FeatureSet, check_features
+from ..features import FeatureSet, check_features, normalise_rows
 from ..prompts import build_prompts, encode_texts_cached
 
 NEGATION_JSON, NEGATION_WEIGHTS = "negation.json", "negation.safetensors"
@@ -60,7 +60,7 @@ class NegationMap:
         """(M, D) "yes" text embeddings -> their (M, D) unit "no" embeddings."""
         T = check_features(texts, dim=len(self.U), name="text embeddings").astype(np.float64)
         out = T + (T @ self.V) @ self.U.T
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+        return normalise_rows(out).astype(np.float32)
 
     def save(self, folder: str | os.PathLike) -> Path:
         from safetensors.numpy import save_file
