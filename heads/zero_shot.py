@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import Head, SoftmaxClassifier, projected, set_class_embeddings

@@ -1,5 +1,5 @@
-"""What our input checks cost: each OOD detector's ``score_samples`` and the zero-shot and linear-probe
-``decision_function`` next to the plain NumPy formula on the same rows, on synthetic unit-row features
+"""What our input checks cost: each OOD detector's ``score_samples`` and the zero-shot, linear-probe, GDA and
+Tip-Adapter ``decision_function`` next to the plain NumPy (or faiss) formula on the same rows, on synthetic unit-row features
 (no model, no data set). Prints the seed, the data and a Markdown table of median seconds over repeats.
 
     python scripts/bench_head_overhead.py [--rows 100000] [--dim 384] [--classes 10] [--repeats 7] [--seed 0]
@@ -31,8 +31,11 @@ def lse(z: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
 
 
-def plain_formulas(X: np.ndarray, W: np.ndarray, W_no: np.ndarray, s: float, probe) -> dict:
-    """The scores written directly, trusting X to be finite unit rows: the floor our heads are measured against."""
+def plain_formulas(X: np.ndarray, W: np.ndarray, W_no: np.ndarray, s: float, fitted: dict) -> dict:
+    """The scores written directly from the fitted heads' arrays, trusting X to be finite unit rows: the floor our
+    heads are measured against."""
+    probe, gda, tip, maha, knn = (fitted[n] for n in ("linear-probe", "gda", "tip", "mahalanobis", "knn"))
+
     def clipn(inference: str):
         cos = (X @ np.vstack([W, W_no]).T).astype(np.float64)
         yes, no = s * cos[:, :len(W)], s * cos[:, len(W):]
@@ -49,7 +52,19 @@ def plain_formulas(X: np.ndarray, W: np.ndarray, W_no: np.ndarray, s: float, pro
         "clipn-atd": lambda: clipn("atd"),
         "zero-shot": lambda: s * (X @ W.T),
         "linear-probe": lambda: X @ probe.coef_.T + probe.intercept_,
+        "gda": lambda: (s * (X @ W.T) + gda.chosen_["alpha"] * (X @ gda.coef_.T + gda.intercept_)),
+        "tip": lambda: s * (X @ W.T) + tip.chosen_["alpha"] * (
+            np.exp(-tip.chosen_["beta"] * (1 - X @ tip.cache_keys_.T)) @ np.eye(len(W), dtype=np.float32)[tip.cache_labels_]),
+        "mahalanobis": lambda: mahalanobis(X, maha),
+        "knn": lambda: -np.sqrt(np.maximum(0, 2 - 2 * knn._search_index().search(X, knn.k_)[0][:, -1])),
     }
+
+
+def mahalanobis(X: np.ndarray, head) -> np.ndarray:
+    """``-min_c |(x - mu_c) L^-T|^2`` from the fitted whitener and means, as a user would write it."""
+    z = (X - head.location_) @ head.whitener_
+    m = (head.means_ - head.location_) @ head.whitener_
+    return -((z * z).sum(axis=1)[:, None] - 2 * z @ m.T + (m * m).sum(axis=1)).min(axis=1)
 
 
 def main() -> None:
@@ -57,6 +72,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--id-rows", type=int, default=2000, help="ID features of Mahalanobis and kNN")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -64,15 +80,22 @@ def main() -> None:
     W = normalise_rows(rng.standard_normal((args.classes, args.dim))).astype(np.float32)
     W_no = normalise_rows(rng.standard_normal((args.classes, args.dim))).astype(np.float32)
     X = normalise_rows(rng.standard_normal((args.rows, args.dim))).astype(np.float32)
-    shots = normalise_rows(W[np.arange(16 * args.classes) % args.classes]
-                           + rng.standard_normal((16 * args.classes, args.dim))).astype(np.float32)
-    labels, s = np.arange(16 * args.classes) % args.classes, 39.6
-    inputs = {"classes": W, "no_classes": W_no, "features": shots, "labels": labels}
-    ours = {name: REGISTRY[name].fit(REGISTRY[name].build(logit_scale=s, C=1.0), **inputs)
-            for name in ("mcm", "maxlogit", "energy", "clipn-ctw", "clipn-atd", "zero-shot", "linear-probe")}
-    plain = plain_formulas(X, W, W_no, s, ours["linear-probe"])
+    n_id = args.id_rows
+    id_labels, s = np.arange(n_id) % args.classes, 39.6
+    id_rows = normalise_rows(W[id_labels] + rng.standard_normal((n_id, args.dim))).astype(np.float32)
+    shots = slice(16 * args.classes)  # the labels cycle through the classes: 16 shots each
+    text = {"classes": W, "no_classes": W_no}
+    few = {**text, "features": id_rows[shots], "labels": id_labels[shots]}
+    inputs = {"mcm": text, "maxlogit": text, "energy": text, "clipn-ctw": text, "clipn-atd": text, "zero-shot": text,
+              "linear-probe": few, "gda": few, "tip": few,
+              "mahalanobis": {"features": id_rows, "labels": id_labels}, "knn": {"features": id_rows}}
+    ours = {name: REGISTRY[name].fit(REGISTRY[name].build(logit_scale=s, C=1.0, random_state=args.seed), **given)
+            for name, given in inputs.items()}
+    plain = plain_formulas(X, W, W_no, s, ours)
     print(f"# seed {args.seed}; data: synthetic random unit rows, {args.rows:,} x {args.dim} float32, "
-          f"{args.classes} classes (no model); median of {args.repeats} repeats; {os.cpu_count()} CPUs")
+          f"{args.classes} classes (no model), {args.id_rows:,} ID rows for Mahalanobis / kNN (k = "
+          f"{ours['knn'].k_}), 16 shots per class for the few-shot heads; median of {args.repeats} repeats; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print("| head | ours (s) | plain formula (s) | ratio |\n|---|---|---|---|")
     for name, head in ours.items():
         score = head.score_samples if REGISTRY[name].kind == "ood" else head.decision_function

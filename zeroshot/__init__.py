@@ -12,9 +12,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .backbone import Backbone, check_same_space, load_backbone, save_backbone_folder  # noqa: E402
+from .cache import default_cache_dir  # noqa: E402
 from .datasets import Dataset, FileList, ImageFiles, ImageFolder, NpzArrays, TarShards, open_dataset  # noqa: E402
 from .evaluation.fewshot import run_fewshot, sample_shots, split_per_class  # noqa: E402
-from .cache import default_cache_dir  # noqa: E402
 from .extraction import extract  # noqa: E402
 from .features import FeatureSet, check_features  # noqa: E402
 from .images import BadImage, ImageTransform  # noqa: E402

@@ -16,7 +16,7 @@ def _size(n: int) -> str:
 
 def _row(e) -> list[str]:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
-    rows = f"{e.rows} files" if e.kind == "text" else str(e.rows)
+    rows = f"{e.rows} file{'' if e.rows == 1 else 's'}" if e.kind == "text" else str(e.rows)
     state = "complete" if e.complete else "incomplete"
     return [e.fingerprint, e.kind, e.backbone or "-", e.location or "-", rows, _size(e.bytes), when, state]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..heads.registry import canonical_name
 from ..evaluation.ood import DETECTORS, FEATURE_DETECTORS, choose_detectors, dataset_label, fit_detector, write_report
+from ..heads.registry import canonical_name
 from .options import (add_class_args, add_model_args, backbone_from_args, check_classes, check_exists, check_output,
                       check_run_args, class_embeddings_from_args, classes_and_templates, extract_from_args, open_data,
                       report_failed)

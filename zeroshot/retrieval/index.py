@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backbone import check_fingerprint
-from ..features import FeatureSet, atomic_save_npy, atomic_write_json, check_features, load_npy, unit_rows
+from ..features import FeatureSet, atomic_save_npy, atomic_write_json, load_npy, unit_rows
 
 MANIFEST = "index.json"
 INDEX_FILE = "index.faiss"

@@ -10,8 +10,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..images import BadImage
-from .index import Index, check_k
 from ..prompts import class_embeddings
+from .index import Index, check_k
 
 
 class Hit(NamedTuple):

@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..images import IMAGE_EXTENSIONS
 from .index import Index
-from .search import Hit, search_ids, search_images, search_text
 from .page import PAGE
+from .search import Hit, search_ids, search_images, search_text
 
 MAX_UPLOAD = 8 << 20
 MAX_K = 100

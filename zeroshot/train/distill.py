@@ -19,15 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .align import AlignConfig, Aligner, Targets, ViewPlan
 from ..backbone import (
     CONFIG_FILE, Backbone, build_model, load_backbone, save_backbone_folder, text_tower_from_package,
 )
-from ..datasets import Dataset, open_dataset
 from ..cache import resolve_cache_dir, touch_last_used, views_entry
+from ..datasets import Dataset, open_dataset
 from ..extraction import decode_all
 from ..features import FeatureSet
 from ..images import ImageTransform
+from .align import AlignConfig, Aligner, Targets, ViewPlan
 
 DEFAULT_STUDENT = "resnet10t_050"  # zeroshot.students: half-width resnet10t, the default model's tower
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .align import Targets
 from ..backbone import check_fingerprint
 from ..features import FeatureSet, check_features, normalise_rows
 from ..prompts import build_prompts, encode_texts_cached
+from .align import Targets
 
 NEGATION_JSON, NEGATION_WEIGHTS = "negation.json", "negation.safetensors"
 
