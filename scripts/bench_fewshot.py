@@ -105,7 +105,8 @@ def calibration(backbone, cache) -> dict:
     shots = sample_shots(y, 16, seed=1)
     held_out = np.setdiff1d(np.arange(len(y)), shots)
     heads = {"zero-shot": ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(classes=W),
-             "gda (16 shots, seed 1)": GDA(random_state=1).fit(X[shots], y[shots], classes=W)}
+             "gda (16 shots, seed 1)": GDA(random_state=1, logit_scale=backbone.logit_scale).fit(X[shots], y[shots],
+                                                                                classes=W)}
     report = {}
     for name, head in heads.items():
         ts = TemperatureScaling().fit(head.decision_function(X[held_out]), y[held_out])
