@@ -1,6 +1,6 @@
 """What our input checks cost: each OOD detector's ``score_samples`` and the zero-shot, linear-probe, GDA and
-Tip-Adapter ``decision_function`` next to the plain NumPy (or faiss) formula on the same rows, on synthetic unit-row features
-(no model, no data set). Prints the seed, the data and a Markdown table of median seconds over repeats.
+Tip-Adapter ``decision_function`` next to the plain NumPy (or faiss) formula on the same rows, on synthetic
+unit-row features (no model, no data set). Prints the seed, the data and a Markdown table of median seconds over repeats.
 
     python scripts/bench_head_overhead.py [--rows 100000] [--dim 384] [--classes 10] [--repeats 7] [--seed 0]
 """
@@ -54,10 +54,14 @@ def plain_formulas(X: np.ndarray, W: np.ndarray, W_no: np.ndarray, s: float, fit
         "linear-probe": lambda: X @ probe.coef_.T + probe.intercept_,
         "gda": lambda: (s * (X @ W.T) + gda.chosen_["alpha"] * (X @ gda.coef_.T + gda.intercept_)),
         "tip": lambda: s * (X @ W.T) + tip.chosen_["alpha"] * (
-            np.exp(-tip.chosen_["beta"] * (1 - X @ tip.cache_keys_.T)) @ np.eye(len(W), dtype=np.float32)[tip.cache_labels_]),
+            np.exp(-tip.chosen_["beta"] * (1 - X @ tip.cache_keys_.T)) @ one_hot(tip.cache_labels_, len(W))),
         "mahalanobis": lambda: mahalanobis(X, maha),
         "knn": lambda: -np.sqrt(np.maximum(0, 2 - 2 * knn._search_index().search(X, knn.k_)[0][:, -1])),
     }
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.eye(n_classes, dtype=np.float32)[labels]
 
 
 def mahalanobis(X: np.ndarray, head) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import shared, unit_rows
-from zeroshot import load_backbone
+from zeroshot import FeatureSet, load_backbone
 from zeroshot.cli import main
 from zeroshot.retrieval.index import Index
 
@@ -150,3 +150,17 @@ def test_the_boundary_maps_run_time_failures(monkeypatch, capsys, failure, code,
 def test_index_build_checks_the_factory_against_the_rows(rng, factory, rows, message):
     with pytest.raises(ValueError, match=message):
         Index.build(unit_rows(rng.normal(size=(rows, 16))), factory=factory)
+
+
+def test_warnings_are_one_line_too(workdir, tmp_path):
+    """A usable but doubtful choice (an IVF index with few rows per list) warns once, on one line, and goes on."""
+    features = FeatureSet(unit_rows(np.random.default_rng(0).standard_normal((100, 16))), np.zeros(100, np.int64),
+                          np.array([f"r{i}" for i in range(100)]), {"fingerprint": "fp"})
+    features.save(tmp_path / "features")
+    out = zeroshot("index", "build", tmp_path / "features", "--index", "IVF3,Flat", "--out", tmp_path / "idx",
+                   cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    ours = [line for line in out.stderr.splitlines() if "3 lists on 100 rows" in line]
+    assert ours == ["warning: IVF3,Flat trains 3 lists on 100 rows (faiss wants >= 39 per list); use 'auto' or Flat, "
+                    "or at most IVF2 for 100 rows"]
+    assert "warnings.warn" not in out.stderr and "Traceback" not in out.stderr

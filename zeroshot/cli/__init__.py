@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 
 from . import cache, classify, distill, fewshot, ood, retrieval
 
@@ -57,8 +58,14 @@ def error_line(exc: BaseException, command: str) -> str:
                                  else "rerun with --debug for details")
 
 
+def warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line, ``warning: <message>`` (not Python's file:line and source line)."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run one command; failures exit with one ``error:`` line (see the module docstring)."""
+    warnings.formatwarning = warning_line
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(["--debug"] * argv.count("--debug") + [a for a in argv if a != "--debug"])
     try:

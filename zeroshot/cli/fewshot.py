@@ -64,7 +64,8 @@ def add_commands(sub) -> None:
     add_class_args(p)
     p.add_argument("--shots", default="1,2,4,8,16", help="comma-separated shots per class")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (shot sampling and validation splits)")
-    p.add_argument("--heads", default=",".join(HEAD_NAMES), help=f"comma-separated subset of {', '.join(HEAD_NAMES)} ('_' for '-' works too)")
+    p.add_argument("--heads", default=",".join(HEAD_NAMES),
+                   help=f"comma-separated subset of {', '.join(HEAD_NAMES)} ('_' for '-' works too)")
     p.add_argument("--output", default="fewshot", help="output folder")
     add_model_args(p)
     p.set_defaults(func=cmd_fewshot)

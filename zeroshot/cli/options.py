@@ -33,7 +33,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
 
 
-def add_class_args(p: argparse.ArgumentParser, classes_help: str = "comma-separated class names, in label order") -> None:
+def add_class_args(p: argparse.ArgumentParser,
+                   classes_help: str = "comma-separated class names, in label order") -> None:
     """``--card`` and ``--classes``: where class names and prompt templates come from."""
     p.add_argument("--card", help="dataset card giving class names and templates, e.g. cifar10")
     p.add_argument("--classes", help=classes_help)

@@ -71,7 +71,7 @@ def cmd_index_build(args) -> None:
         features = FeatureSet.load(source)
     else:
         data, backbone = open_data(source), backbone_from_args(args)
-        check_factory(args.index, len(data), backbone.embed_dim)  # before encoding; Index.build checks it again
+        check_factory(args.index, len(data), backbone.embed_dim, warn=False)  # errors before encoding
         features = extract_from_args(args, backbone, data)
         report_failed(features)
     params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if value}

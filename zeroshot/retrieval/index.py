@@ -113,10 +113,10 @@ def _faiss_index(factory: str, dim: int):
                          "IVF4096,PQ48x8 or 'auto'") from None
 
 
-def check_factory(factory: str, n: int, d: int) -> None:
+def check_factory(factory: str, n: int, d: int, *, warn: bool = True) -> None:
     """Refuse, before any training, a factory string faiss cannot make or ``n`` rows of width ``d`` cannot train:
-    IVF needs at least nlist rows (and warns below ~39 per list, faiss's own threshold), a product quantizer at
-    least 2^nbits. ``'auto'`` always fits."""
+    IVF needs at least nlist rows (and, with ``warn``, warns below ~39 per list, faiss's own threshold), a product
+    quantizer at least 2^nbits. ``'auto'`` always fits."""
     import faiss
 
     if factory == "auto":
@@ -131,7 +131,8 @@ def check_factory(factory: str, n: int, d: int) -> None:
                    f"list); {advice}")
         if n < ivf.nlist:
             raise ValueError(message)
-        warnings.warn(message)  # stacklevel 1: one location, so a repeated check warns once
+        if warn:
+            warnings.warn(message, stacklevel=2)
     pq = re.search(r"PQ\d+(?:x(\d+))?", factory)  # PQ{m}x{nbits}, nbits 8 unless given
     centroids = 2 ** int(pq.group(1) or 8) if pq else 0
     if n < centroids:
