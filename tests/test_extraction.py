@@ -190,6 +190,7 @@ def test_cli_eval_writes_metrics_and_png(tiny_model_dir, cifar_slice, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 240 and 0 <= metrics["acc1"] <= metrics["acc5"] <= 1
     assert len(metrics["confusion_matrix"]) == 10 and sum(map(sum, metrics["confusion_matrix"])) == 240
+    assert list(metrics["per_class_recall"]) == metrics["classes"]
     assert Image.open(out / "confusion_matrix.png").size[0] > 100
 
 

@@ -113,3 +113,18 @@ def test_plot_confusion_matrix_writes_a_png(tmp_path, rng, n_classes):
         img.load()
         assert img.width >= n_classes and img.height >= n_classes
         assert len(img.getcolors(maxcolors=1 << 16) or range(3)) > 2  # not a blank canvas
+
+
+def test_per_class_recall_by_class_name_matches_sklearn(rng):
+    scores, y = _random_problem(rng, c=5)
+    y[y == 3] = 0  # class 3 has no labelled row: recall None, left out of the mean
+    names = ["a", "b", "c", "d", "e"]
+    got = classification_metrics(scores, y, names)
+    present = [0, 1, 2, 4]
+    expected = skm.recall_score(y, scores.argmax(axis=1), labels=present, average=None, zero_division=0)
+    assert list(got["per_class_recall"]) == names and got["per_class_recall"]["d"] is None
+    assert [got["per_class_recall"][names[c]] for c in present] == pytest.approx(expected, abs=1e-12)
+    assert got["mean_per_class_recall"] == pytest.approx(expected.mean(), abs=1e-12)
+    assert list(classification_metrics(scores, y)["per_class_recall"]) == ["0", "1", "2", "3", "4"]
+    with pytest.raises(ValueError, match="class names"):
+        classification_metrics(scores, y, names[:4])

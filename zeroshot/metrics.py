@@ -26,16 +26,23 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndar
         n_classes, n_classes)
 
 
-def mean_per_class_recall(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Mean over the classes present in ``y`` of correct_c / n_c (= sklearn's balanced_accuracy_score)."""
+def per_class_recall(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C,) correct_c / n_c per class (a class's zero-shot accuracy); NaN for classes absent from ``y``."""
     cm = confusion_matrix(y, pred, n_classes)
     support = cm.sum(axis=1)
-    present = support > 0
-    return float((np.diag(cm)[present] / support[present]).mean())
+    return np.divide(np.diag(cm), support, out=np.full(n_classes, np.nan), where=support > 0)
 
 
-def classification_metrics(scores: np.ndarray, y: np.ndarray) -> dict:
-    """acc1, acc5, mean per-class recall and the confusion matrix of labelled rows (label >= 0)."""
+def mean_per_class_recall(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Mean over the classes present in ``y`` of correct_c / n_c (= sklearn's balanced_accuracy_score)."""
+    return float(np.nanmean(per_class_recall(y, pred, n_classes)))
+
+
+def classification_metrics(scores: np.ndarray, y: np.ndarray, class_names: list[str] | None = None) -> dict:
+    """acc1, acc5, mean and per-class recall and the confusion matrix of labelled rows (label >= 0).
+
+    ``per_class_recall`` maps each class name (its index as a string without ``class_names``) to its recall, None
+    for a class with no labelled row (per-class zero-shot accuracy, e.g. for concept-frequency plots)."""
     y = np.asarray(y)
     keep = y >= 0
     if not keep.any():
@@ -44,12 +51,17 @@ def classification_metrics(scores: np.ndarray, y: np.ndarray) -> dict:
     n_classes = scores.shape[1]
     if y.max() >= n_classes:
         raise ValueError(f"labels go up to {y.max()} but there are only {n_classes} classes")
+    if class_names is not None and len(class_names) != n_classes:
+        raise ValueError(f"{len(class_names)} class names for {n_classes} score columns")
     pred = scores.argmax(axis=1)
+    recall = per_class_recall(y, pred, n_classes)
+    names = class_names if class_names is not None else [str(c) for c in range(n_classes)]
     return {
         "n": int(len(y)),
         "acc1": top_k_accuracy(scores, y, 1),
         "acc5": top_k_accuracy(scores, y, 5),
-        "mean_per_class_recall": mean_per_class_recall(y, pred, n_classes),
+        "mean_per_class_recall": float(np.nanmean(recall)),
+        "per_class_recall": {name: None if np.isnan(r) else float(r) for name, r in zip(names, recall.tolist())},
         "confusion_matrix": confusion_matrix(y, pred, n_classes).tolist(),
     }
 

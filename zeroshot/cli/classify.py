@@ -71,7 +71,7 @@ def cmd_eval(args) -> None:
     backbone = backbone_from_args(args)
     fs = extract_from_args(args, backbone, data)
     clf = zero_shot_classifier(args, backbone, fs.classes)
-    metrics = classification_metrics(clf.decision_function(fs.features), fs.labels)
+    metrics = classification_metrics(clf.decision_function(fs.features), fs.labels, clf.class_names_)
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": str(args.dataset),
               "card": args.card, "classes": clf.class_names_, "failed": fs.failed, **metrics,
