@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,8 +83,7 @@ def synthetic(n: int, args) -> list[dict]:
 
 
 def flickr(args) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_default_model import flickr as flickr_split  # the one definition of the held-out images
+    from zeroshot.train.default_captions import flickr_split  # the one definition of the held-out images
 
     data = Path(args.data)
     _, _, held_paths, held_captions = flickr_split(data)

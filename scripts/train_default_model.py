@@ -12,7 +12,6 @@ retrain it step for step on any machine, replace the time budget by that step: `
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -20,31 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zeroshot.train.align import AlignConfig, Aligner, Targets
 from zeroshot.backbone import (
     create_untrained_folder, load_backbone, quiet_model_loading, save_backbone_folder, timm_text_pair_config,
 )
-from zeroshot.datasets import ImageFiles, TarShards
+from zeroshot.datasets import ImageFiles
 from zeroshot.extraction import decode_all
 from zeroshot.images import ImageTransform
-from zeroshot.prompts import load_card
-
-TEMPLATES = load_card("cifar10").templates + [  # generic photo templates + CLIP's 7 forward-selected ImageNet ones
-    "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
-    "art of the {}.", "a photo of the small {}.", "{}"]
-FLICKR_TRAIN = 800
-
-
-def flickr(data: Path):
-    """(train image paths, their captions, held-out paths, held-out captions), split by sorted image id."""
-    captions: dict[str, list[str]] = {}
-    with open(data / "flickr8k_1k" / "captions.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            captions.setdefault(row["image"], []).append(row["caption"].strip())
-    names = sorted(captions)
-    paths = [data / "flickr8k_1k" / "images" / n for n in names]
-    split = FLICKR_TRAIN
-    return paths[:split], [captions[n] for n in names[:split]], paths[split:], [captions[n] for n in names[split:]]
+from zeroshot.train.align import AlignConfig, Aligner, Targets
+from zeroshot.train.default_captions import default_model_captions, flickr_split
 
 
 def recall_at_k(image_features: torch.Tensor, text_features: torch.Tensor, owner: np.ndarray, k: int = 5) -> float:
@@ -74,33 +56,24 @@ def main() -> None:
     transform = ImageTransform(size=args.size)
     print(f"seed {args.seed}, tower {args.tower}@{args.size}, initial fingerprint {backbone.fingerprint}")
 
-    tin = TarShards(data / "tinyimagenet" / "train-{000000..000009}.tar.gz")
-    detail = json.loads((data / "tinyimagenet" / "classes_detail.json").read_text())
-    train_paths, train_caps, val_paths, val_caps = flickr(data)
-    tin_images, tin_rows, tin_failed = decode_all(tin, transform)
-    fl_images, fl_rows, fl_failed = decode_all(ImageFiles(train_paths), transform)
+    corpus = default_model_captions(data)
+    _, _, val_paths, val_caps = flickr_split(data)
+    tin_images, tin_rows, tin_failed = decode_all(corpus.tiny_imagenet, transform)
+    fl_images, fl_rows, fl_failed = decode_all(ImageFiles(corpus.flickr_paths), transform)
     if args.limit:
         tin_images, tin_rows = tin_images[: args.limit], tin_rows[: args.limit]
     for name, failed in (("tiny imagenet", tin_failed), ("flickr8k", fl_failed)):
         if failed:
             print(f"skipped {len(failed)} unreadable {name} image(s): {list(failed)[:5]}")
 
-    # Text side: every class's templates x synonyms, every Flickr caption; encoded once by the locked tower.
-    class_prompts = [[t.format(s.strip()) for s in d["synonyms"].split(",") if s.strip() for t in TEMPLATES]
-                     for d in detail]
-    texts = [p for group in class_prompts for p in group] + [c for caps in train_caps for c in caps]
-    embeddings = torch.as_tensor(backbone.encode_texts(texts))
-    bounds = np.cumsum([0] + [len(g) for g in class_prompts])
-    labels = tin.labels[tin_rows]
-    flickr_bounds = bounds[-1] + np.cumsum([0] + [len(c) for c in train_caps])
-    starts = np.concatenate([bounds[labels], flickr_bounds[:-1][fl_rows]])
-    stops = np.concatenate([bounds[labels + 1], flickr_bounds[1:][fl_rows]])
-    offsets = np.concatenate([[0], np.cumsum(stops - starts)])
-    indices = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
-    targets = Targets(embeddings, offsets, indices, np.concatenate([labels, np.full(len(fl_rows), -1)]))
+    # Text side (zeroshot.train.default_captions): every class's templates x synonyms, every Flickr caption;
+    # encoded once by the locked tower.
+    embeddings = torch.as_tensor(backbone.encode_texts(corpus.texts))
+    kept = np.concatenate([tin_rows, len(corpus.tiny_imagenet) + np.asarray(fl_rows)])
+    targets = Targets(embeddings, *corpus.layout(kept), corpus.labels[kept])
     images = torch.cat([tin_images, fl_images])
     print(f"{len(images)} training images ({len(tin_images)} Tiny ImageNet, {len(fl_images)} Flickr8k), "
-          f"{len(texts)} captions, prepared in {time.perf_counter() - start:.0f} s")
+          f"{len(corpus.texts)} captions, prepared in {time.perf_counter() - start:.0f} s")
 
     val_images, _, _ = decode_all(ImageFiles(val_paths), transform, progress=False)
     val_text = torch.as_tensor(backbone.encode_texts([c for caps in val_caps for c in caps]))

@@ -1,8 +1,6 @@
 """CLIPN-style negation: the losses' values at initialisation, the head's inference formulas, training on a tiny
 synthetic problem (fast, seeded), the training-data builders and the Flickr8k split the default model holds out."""
 import csv
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from scipy.special import expit
 
 from conftest import shared, unit_rows
 from zeroshot.train.align import Targets
+from zeroshot.train.default_captions import flickr_split
 from zeroshot.train.negation import (NegationConfig, NegationMap, caption_targets, class_prompt_targets, clipn_losses,
                                   join_targets, negate, train_negation)
 from zeroshot.features import FeatureSet
@@ -206,11 +205,7 @@ def test_caption_targets_use_only_the_default_models_training_images(tmp_path):
     images = FeatureSet(unit_rows(rng.standard_normal((len(names), D))), -np.ones(len(names), int),
                         np.array(names[::-1]))  # any order: rows are matched by file name
     feats, targets = caption_targets(images, data / "flickr8k_1k" / "captions.csv", FakeTextTower(), first=800)
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
-    spec = importlib.util.spec_from_file_location("train_default_model", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    train_paths = module.flickr(data)[0]
+    train_paths = flickr_split(data)[0]
     expected_rows = [names[::-1].index(p.name) for p in train_paths]
     np.testing.assert_array_equal(feats, images.features[expected_rows])
     assert len(targets.offsets) == 801 and len(targets.embeddings) >= 4000

@@ -1,0 +1,109 @@
+"""The default model's training captions, built in one place for ``scripts/train_default_model.py`` and for counting
+concepts in the model's own pretraining corpus (``--corpus default-model``).
+
+Training images, in this order: the 50,000 Tiny ImageNet train images (shard order), then the first 800 Flickr8k
+photos (sorted by image id; the last 200 are held out). A Tiny ImageNet image's captions are its class's prompts,
+templates x WordNet synonyms (``classes_detail.json``); a Flickr photo's captions are its own.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import TarShards
+from ..prompts import load_card
+
+TEMPLATES = load_card("cifar10").templates + [  # generic photo templates + CLIP's 7 forward-selected ImageNet ones
+    "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
+    "art of the {}.", "a photo of the small {}.", "{}"]
+FLICKR_TRAIN = 800
+
+
+def flickr_split(data: Path) -> tuple[list[Path], list[list[str]], list[Path], list[list[str]]]:
+    """(train image paths, their captions, held-out paths, held-out captions), split by sorted image id."""
+    captions: dict[str, list[str]] = {}
+    with open(data / "flickr8k_1k" / "captions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            captions.setdefault(row["image"], []).append(row["caption"].strip())
+    names = sorted(captions)
+    paths = [data / "flickr8k_1k" / "images" / n for n in names]
+    return (paths[:FLICKR_TRAIN], [captions[n] for n in names[:FLICKR_TRAIN]],
+            paths[FLICKR_TRAIN:], [captions[n] for n in names[FLICKR_TRAIN:]])
+
+
+@dataclass(frozen=True)
+class DefaultCorpus:
+    """Training texts and, per training image, the span ``texts[starts[i]:stops[i]]`` it draws one caption from
+    per visit. Images ``0 .. n_tiny-1`` are ``tiny_imagenet`` rows, the rest are ``flickr_paths``."""
+
+    texts: list[str]
+    starts: np.ndarray
+    stops: np.ndarray
+    labels: np.ndarray  # per image: its Tiny ImageNet class, -1 for a Flickr photo
+    class_wnids: list[str]
+    tiny_imagenet: TarShards
+    flickr_paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def captions(self, image: int) -> list[str]:
+        """The captions image ``image`` draws from."""
+        return self.texts[self.starts[image] : self.stops[image]]
+
+    def image_wnids(self) -> list[str | None]:
+        """Per training image, the wnid of its label (None for Flickr photos, which have no label)."""
+        return [self.class_wnids[k] if k >= 0 else None for k in self.labels.tolist()]
+
+    def layout(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, indices)`` of :class:`~zeroshot.train.align.Targets` for the training images ``images``."""
+        starts, stops = self.starts[images], self.stops[images]
+        offsets = np.concatenate([[0], np.cumsum(stops - starts)])
+        indices = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
+        return offsets, indices
+
+    def draws_per_epoch(self) -> np.ndarray:
+        """Per text, its expected number of draws in one epoch: each image is visited once and draws one of its
+        ``n`` captions uniformly, so a text gets ``1 / n`` from every image it belongs to (every image is assumed
+        to decode; the last partial batch each epoch drops a few visits at random)."""
+        draws = np.zeros(len(self.texts))
+        spans = self.stops - self.starts
+        text_of = np.concatenate([np.arange(a, b) for a, b in zip(self.starts, self.stops)])
+        np.add.at(draws, text_of, np.repeat(1.0 / spans, spans))
+        return draws
+
+    def text_labels(self) -> np.ndarray:
+        """Per text, the label of every image that draws it (texts are never shared across labels): the Tiny
+        ImageNet class of a prompt, -1 for a Flickr caption."""
+        labels = np.full(len(self.texts), -1)
+        for start, stop, label in zip(self.starts.tolist(), self.stops.tolist(), self.labels.tolist()):
+            labels[start:stop] = label
+        return labels
+
+    def rows(self) -> Iterator[tuple[str, float, int]]:
+        """``(caption, expected draws per epoch, label)`` per text, in ``texts`` order (caption id = position)."""
+        yield from zip(self.texts, self.draws_per_epoch().tolist(), self.text_labels().tolist())
+
+
+def default_model_captions(data: str | Path) -> DefaultCorpus:
+    """The default model's training corpus from the shared data folder (reads the shards' ``.cls`` labels, ~10 s,
+    never an image)."""
+    data = Path(data)
+    tiny = TarShards(data / "tinyimagenet" / "train-{000000..000009}.tar.gz")
+    detail = json.loads((data / "tinyimagenet" / "classes_detail.json").read_text())
+    flickr_paths, flickr_captions, _, _ = flickr_split(data)
+    class_prompts = [[t.format(s.strip()) for s in d["synonyms"].split(",") if s.strip() for t in TEMPLATES]
+                     for d in detail]
+    groups = class_prompts + flickr_captions
+    texts = [text for group in groups for text in group]
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    labels = np.asarray(tiny.labels)
+    owner = np.concatenate([labels, len(class_prompts) + np.arange(len(flickr_captions))])
+    return DefaultCorpus(texts, bounds[owner], bounds[owner + 1],
+                         np.concatenate([labels, np.full(len(flickr_captions), -1)]),
+                         [d["wnid"] for d in detail], tiny, flickr_paths)
