@@ -15,9 +15,9 @@ import sys
 import traceback
 import warnings
 
-from . import cache, classify, distill, fewshot, ood, retrieval
+from . import cache, classify, concepts, distill, fewshot, ood, retrieval
 
-VERB_GROUPS = (classify, fewshot, ood, retrieval, distill, cache)  # each adds its sub-commands: add_commands(sub)
+VERB_GROUPS = (classify, fewshot, ood, retrieval, distill, concepts, cache)  # each adds its sub-commands
 
 
 USAGE, FAILED, INTERRUPTED = 2, 1, 130
