@@ -68,3 +68,26 @@ def test_default_model_counts_join_the_three_sides(corpus, monkeypatch):
     assert all(r["integrated_count"] <= min(r["text_count"], r["image_count"]) + 1e-6 for r in rows)
     assert by["cat"]["integrated_count"] > 0 and meta["corpus"]["texts"] == 14_010
     assert meta["image_labels_per_concept"]["truck"] == sorted(meta["image_labels_per_concept"]["truck"])
+
+
+def test_tagged_integrated_agrees_with_labels_when_the_tags_are_the_labels(corpus):
+    """A tagger that tags exactly what the labels show gives the label-based integrated counts (per-image share of
+    mentioning captions, summed, equals the draws of mentioning captions of showing labels)."""
+    from zeroshot.concepts.default_model import tagged_integrated
+
+    shows = label_to_concepts(corpus.class_wnids, CIFAR10)
+    tags = np.array([[k in shows and name in shows[k] for name in CIFAR10] for k in corpus.labels.tolist()])
+    texts = np.array(corpus.texts)
+    mentions = [np.flatnonzero(np.char.find(np.char.lower(texts), name) >= 0) for name in CIFAR10]
+    ours = tagged_integrated(corpus, mentions, tags)
+    labels = integrated_counts(dict(zip(CIFAR10, mentions)), corpus.text_labels(), shows, corpus.draws_per_epoch())
+    np.testing.assert_allclose(ours, [labels[n] for n in CIFAR10], rtol=1e-9)
+    assert ours[CIFAR10.index("cat")] > 0
+
+
+def test_tag_images_thresholds_cosines():
+    from zeroshot.concepts.image_side import tag_images
+
+    W = np.eye(3, 4, dtype=np.float32)
+    X = np.array([[0.9, 0.1, 0, 0], [0.2, 0.2, 0.5, 0]], dtype=np.float32)
+    np.testing.assert_array_equal(tag_images(X, W, 0.4), [[True, False, False], [False, False, True]])

@@ -12,6 +12,7 @@ from .options import (add_class_args, add_model_args, backbone_from_args, check_
 
 SYNONYM_SOURCES = ("card", "wordnet", "none")
 COUNT_KINDS = ("text", "image", "integrated")
+TAG_THRESHOLD = 0.15  # the default model: ~99th percentile of image-prompt cosines (model_zoo: precision 0.25 there)
 
 
 def read_concept_file(path: str | Path) -> dict[str, list[str]]:
@@ -186,6 +187,8 @@ def cmd_report(args) -> None:
     check_classes(args, data)
     if args.corpus == "default-model":
         check_exists("--data", Path(args.data) / "tinyimagenet")
+    elif args.tagger:
+        raise ValueError("--tagger tags the training images of --corpus default-model; other corpora have no images")
     corpus = None if args.corpus == "default-model" else corpus_from_args(args)
     accuracy, backbone = per_class_accuracy(args, data)
     names = list(accuracy)
@@ -226,8 +229,27 @@ def count_default_model(args, names: list[str]) -> tuple[list[dict], dict]:
     counts.csv rows and their provenance, from :mod:`zeroshot.concepts.image_side`."""
     from ..concepts.default_model import default_model_counts
 
-    return default_model_counts(concepts_from_args(args, names), data=args.data, mode=args.mode,
-                                lemmatiser=args.lemmatiser)
+    rows, meta = default_model_counts(concepts_from_args(args, names), data=args.data, mode=args.mode,
+                                      lemmatiser=args.lemmatiser, tagger=tagger_from_args(args, names))
+    meta["image_side"] = (f"CLIP-tagged by {args.tagger} at cosine >= {args.tag_threshold}" if args.tagger else
+                          "Tiny ImageNet labels mapped to the concepts through WordNet descendants")
+    return rows, meta
+
+
+def tagger_from_args(args, names: list[str]):
+    """With ``--tagger``: a callable tagging every training image of the corpus with that backbone (the concepts'
+    card prompts, cosine >= ``--tag-threshold``); None otherwise."""
+    if not args.tagger:
+        return None
+    from .. import class_embeddings, load_backbone
+    from ..concepts.default_model import corpus_tags
+
+    print(f"note: the image side is tagged by {args.tagger}: tagging a model's own training images with that same "
+          "model is circular, so read its image and integrated counts as the model's own opinion", file=sys.stderr)
+    tagger = load_backbone(args.tagger, device=args.device, precision=args.precision, decode=args.decode)
+    W = class_embeddings(tagger, names, classes_and_templates(args)[1], cache_dir=args.cache_dir)
+    return lambda corpus: corpus_tags(corpus, tagger, W, args.tag_threshold, cache_dir=args.cache_dir,
+                                      progress=not args.quiet)
 
 
 def print_table(rows: list[dict], accuracy: dict[str, float] | None = None) -> None:
@@ -290,6 +312,10 @@ def add_commands(sub) -> None:
     add_count_args(p)
     p.add_argument("--count", default="text", choices=COUNT_KINDS,
                    help="which count to fit; image and integrated need --corpus default-model (default: text)")
+    p.add_argument("--tagger", help="with --corpus default-model: a backbone that tags every training image (cosine "
+                   "to the class prompts >= --tag-threshold) instead of the Tiny ImageNet labels")
+    p.add_argument("--tag-threshold", type=float, default=TAG_THRESHOLD,
+                   help=f"cosine a tagged image reaches (default {TAG_THRESHOLD})")
     p.add_argument("--data", default=os.environ.get("ZEROSHOT_SHARED_DATA", "../shared/data"),
                    help="with --corpus default-model: the shared data folder the default model trained on "
                         "(tinyimagenet/ and flickr8k_1k/; default: $ZEROSHOT_SHARED_DATA or ../shared/data)")

@@ -9,25 +9,36 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
 from ..train.default_captions import default_model_captions
-from .image_side import image_counts, integrated_counts
+from .image_side import image_counts, integrated_counts, tag_images
 from .lemmas import Lemmatiser
 from .matching import Concept, count_corpus
 from .wordnet import label_to_concepts
 
 
 def default_model_counts(concepts: list[Concept], *, data: str | Path, mode: str = "all_unigrams",
-                         lemmatiser: Lemmatiser | str = "lemminflect") -> tuple[list[dict], dict]:
+                         lemmatiser: Lemmatiser | str = "lemminflect", tagger=None) -> tuple[list[dict], dict]:
     """counts.csv rows (text, image and integrated counts per concept, with matched variants and example captions)
-    and their provenance, from the training corpus that ``scripts/train_default_model.py`` builds from ``data``."""
+    and their provenance, from the training corpus that ``scripts/train_default_model.py`` builds from ``data``.
+
+    The image side comes from the Tiny ImageNet labels through WordNet, or with ``tagger`` (a callable: the corpus
+    -> (n_images, C) bool tags, see :func:`corpus_tags`) from a CLIP tagger over every training image."""
     corpus = default_model_captions(data)
     draws = corpus.draws_per_epoch()
     index, counts = count_corpus(lambda: zip(corpus.texts, draws.tolist()), concepts, mode=mode,
                                  lemmatiser=lemmatiser, examples=3)
     names = [c.name for c in counts]
     shows = label_to_concepts(corpus.class_wnids, names)
-    images = image_counts(corpus.labels, shows, names)
-    both = integrated_counts({c.name: c.caption_ids for c in counts}, corpus.text_labels(), shows, weights=draws)
+    if tagger is None:
+        images = image_counts(corpus.labels, shows, names)
+        both = integrated_counts({c.name: c.caption_ids for c in counts}, corpus.text_labels(), shows,
+                                 weights=draws)
+    else:
+        tags = tagger(corpus)
+        images = dict(zip(names, tags.sum(axis=0).tolist()))
+        both = dict(zip(names, tagged_integrated(corpus, [c.caption_ids for c in counts], tags).tolist()))
     rows = [{"concept": c.name, "text_count": round(c.count, 2), "image_count": images[c.name],
              "integrated_count": round(both[c.name], 2), "frequency": c.frequency, "variants": c.variants,
              "examples": c.examples} for c in counts]
@@ -40,3 +51,35 @@ def default_model_counts(concepts: list[Concept], *, data: str | Path, mode: str
             "lemmatiser": index.lemmatiser.name, "lemmatiser_version": index.lemmatiser.version, "mode": mode,
             "image_labels_per_concept": labels}
     return rows, meta
+
+
+def tagged_integrated(corpus, caption_ids: list[np.ndarray], tags: np.ndarray) -> np.ndarray:
+    """Per concept, the expected draws per epoch of captions that mention it by images tagged with it: an image draws
+    one of its captions uniformly, so it adds the share of its captions that mention the concept."""
+    spans = (corpus.stops - corpus.starts).astype(np.float64)
+    totals = np.zeros(len(caption_ids))
+    for c, ids in enumerate(caption_ids):
+        mentions = np.zeros(len(corpus.texts) + 1)
+        mentions[np.asarray(ids, dtype=np.int64) + 1] = 1
+        cumulative = np.cumsum(mentions)
+        share = (cumulative[corpus.stops] - cumulative[corpus.starts]) / spans
+        totals[c] = (share * tags[:, c]).sum()
+    return totals
+
+
+def corpus_tags(corpus, backbone, concept_embeddings: np.ndarray, threshold: float, *, cache_dir=None,
+                progress: bool = True) -> np.ndarray:
+    """(n_images, C) CLIP tags (:func:`~zeroshot.concepts.image_side.tag_images`) of every training image of the
+    default corpus, encoded by ``backbone`` through the feature cache; an image that fails to decode shows nothing."""
+    from ..datasets import ImageFiles
+    from ..extraction import extract
+
+    tags = np.zeros((len(corpus), len(concept_embeddings)), dtype=bool)
+    offset = 0
+    for dataset in (corpus.tiny_imagenet, ImageFiles(corpus.flickr_paths)):
+        fs = extract(backbone, dataset, cache_dir=cache_dir, progress=progress)
+        order = np.argsort(dataset.ids)
+        rows = order[np.searchsorted(np.asarray(dataset.ids)[order], fs.ids)]
+        tags[offset + rows] = tag_images(fs.features, concept_embeddings, threshold)
+        offset += len(dataset)
+    return tags

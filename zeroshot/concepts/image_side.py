@@ -59,3 +59,10 @@ def integrated_counts(text_caption_ids: Mapping[str, Iterable[int]], caption_ima
         shown[ids[np.isin(owner[ids], keys.get(name, []))]] = True
         counts[name] = _total(shown, w)
     return counts
+
+
+def tag_images(features: np.ndarray, concept_embeddings: np.ndarray, threshold: float) -> np.ndarray:
+    """(N, C) bool: image i shows concept c when cos(image_i, concept prompt_c) >= ``threshold``. A CLIP-tagged
+    stand-in for the paper's RAM++ tags (not RAM++); tagging a model's own training images with that same model is
+    circular, so say so wherever these counts are shown."""
+    return np.asarray(features, dtype=np.float32) @ np.asarray(concept_embeddings, dtype=np.float32).T >= threshold
