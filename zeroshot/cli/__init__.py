@@ -23,7 +23,8 @@ VERB_GROUPS = (classify, fewshot, ood, retrieval, distill, concepts, cache)  # e
 USAGE, FAILED, INTERRUPTED = 2, 1, 130
 EXIT_CODES = (  # the first row whose types match decides
     ((json.JSONDecodeError, EOFError, ConnectionError, TimeoutError), FAILED),  # damaged files, no network
-    ((ValueError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError), USAGE),
+    ((ValueError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+      ImportError), USAGE),  # ImportError: an optional package the command needs is not installed
     ((OSError, RuntimeError, MemoryError), FAILED),  # disk, device memory, torch, faiss
 )
 

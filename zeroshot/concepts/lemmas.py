@@ -60,8 +60,8 @@ def _require(module: str, package: str):
     try:
         return __import__(module)
     except ImportError as exc:
-        raise ImportError(f"the {package!r} lemmatiser needs the package {package}: "
-                          f"pip install 'zeroshot[concepts]' (or pip install {package})") from exc
+        extra = "zeroshot[concepts]" if package in ("lemminflect", "simplemma") else package
+        raise ImportError(f"the {package!r} lemmatiser needs the package {package}; pip install '{extra}'") from exc
 
 
 def _version(package: str) -> str:
