@@ -10,38 +10,17 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from zeroshot.backbone import check_fingerprint
-from zeroshot.features import NORM_TOLERANCE, check_features, unit_rows
+from zeroshot.features import check_features, rows_look_unit, unit_rows
 
 HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
-NORM_SAMPLE = 4096  # rows whose norms are checked: all of them up to this many, else this many evenly spaced
-_UNIT_SQ = ((1 - NORM_TOLERANCE) ** 2, (1 + NORM_TOLERANCE) ** 2)  # squared norms of rows read as unit length
-
-
-def _sampled_norms_unit(X: np.ndarray) -> bool:
-    """Whether the rows of X read as unit length: every row up to ``NORM_SAMPLE`` rows, else that many evenly spaced
-    ones. Unnormalised features fail it; a stray row in a large matrix may not. Checking every norm is a second pass
-    over X (measured: max-logit and energy at 1.3-1.4x the plain formula at 100k rows, against a 1.2x target;
-    scripts/bench_head_overhead.py), while features are unit rows from extraction on."""
-    sample = X[:: max(1, -(-len(X) // NORM_SAMPLE))]
-    sq = np.einsum("ij,ij->i", sample, sample)
-    return bool(((sq >= _UNIT_SQ[0]) & (sq <= _UNIT_SQ[1])).all())
-
-
-def unit_features(X, *, dim: int, name: str = "X") -> np.ndarray:
-    """:func:`unit_rows` with the norms checked on a sample (:func:`_sampled_norms_unit`): checked, C-contiguous
-    float32 rows; renormalised with unit_rows' warning when the sample is off."""
-    X = check_features(X, dim=dim, name=name)
-    return np.ascontiguousarray(X) if _sampled_norms_unit(X) else unit_rows(X, dim=dim, name=name)
-
-
 def projected(X, W: np.ndarray, *, dim: int, unit: bool, name: str = "X") -> np.ndarray:
     """(N, C) float32 ``X @ W.T`` of checked feature rows, in one pass over X: finiteness is checked exactly on the
     small result (a NaN or inf in a row of X makes its row of scores non-finite) and, with ``unit``, norms on a
-    sample (:func:`_sampled_norms_unit`). Only when a check fails is X checked (:func:`check_features`) or
+    sample (:func:`~zeroshot.features.rows_look_unit`). Only when a check fails is X checked (:func:`check_features`) or
     renormalised with a warning (:func:`unit_rows`) the slow way, so errors and warnings are exactly theirs."""
     X = check_features(X, dim=dim, name=name, finite=False)
     S = X @ W.T
-    if np.isfinite(S).all() and (not unit or _sampled_norms_unit(X)):
+    if np.isfinite(S).all() and (not unit or rows_look_unit(X, sampled=True)):
         return S
     return (unit_rows(X, dim=dim, name=name) if unit else check_features(X, dim=dim, name=name)) @ W.T
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import Head, projected, set_class_embeddings, unit_features
+from zeroshot.features import unit_rows
+
+from ._base import Head, projected, set_class_embeddings
 
 
 def log_sum_exp(z: np.ndarray) -> np.ndarray:
@@ -26,7 +28,7 @@ class OODDetector(Head):
 
     def _check_X(self, X) -> np.ndarray:
         check_is_fitted(self, self._fitted_arrays[0])
-        return unit_features(X, dim=self.n_features_in_)
+        return unit_rows(X, dim=self.n_features_in_, sampled=True)
 
     def score_samples(self, X) -> np.ndarray:
         raise NotImplementedError

@@ -344,7 +344,7 @@ def test_one_pass_checks_keep_their_errors_and_warning(rng):
 
 def test_norms_are_checked_on_every_row_of_a_small_matrix_and_a_sample_of_a_large_one(rng, monkeypatch):
     """Below NORM_SAMPLE rows one stray row is caught; above it an unnormalised matrix is, from evenly spaced rows."""
-    import zeroshot.heads._base as base
+    import zeroshot.features as features
 
     W = unit_rows(rng.standard_normal((3, 12)))
     detector = MaxLogit().fit(classes=W)
@@ -352,7 +352,7 @@ def test_norms_are_checked_on_every_row_of_a_small_matrix_and_a_sample_of_a_larg
     X[17] *= 2
     with pytest.warns(UserWarning, match="not unit length"):
         detector.score_samples(X)
-    monkeypatch.setattr(base, "NORM_SAMPLE", 8)  # 40 rows: every 5th is checked
+    monkeypatch.setattr(features, "NORM_SAMPLE", 8)  # 40 rows: every 5th is checked
     with pytest.warns(UserWarning, match="not unit length"):
         np.testing.assert_allclose(detector.score_samples(0.5 * X), detector.score_samples(unit_rows(X)), rtol=1e-5)
     X[17] /= 2
