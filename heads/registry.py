@@ -7,10 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 KINDS = ("classifier", "ood", "calibrator")
-# What a fit can be given: image features (support shots, ID training images or unlabelled images), their labels,
-# (C, D) class text embeddings and their names, (C, D) "no" embeddings from a negation map, one caption feature per
-# shot, the labels of base classes (TEEN), or (N, C) logits of another head (calibrators).
-INPUTS = ("features", "labels", "classes", "class_names", "no_classes", "captions", "base_classes", "logits")
+INPUTS = {  # what a fit can be given -> what to give when it is missing
+    "features": "image features: the support shots, ID training images or unlabelled images",
+    "labels": "the labels of those images",
+    "classes": "(C, D) class text embeddings: give the ID class names",
+    "class_names": "the class names",
+    "no_classes": "(C, D) 'no' embeddings: train a negation map with 'zeroshot ood train-clipn'",
+    "captions": "one caption feature per shot",
+    "base_classes": "the labels of the base classes (TEEN)",
+    "logits": "(N, C) logits of another head",
+}
 _POSITIONAL = {"features": 0, "logits": 0, "labels": 1}  # fit(X, y, **keywords)
 
 
@@ -47,7 +53,7 @@ class HeadSpec:
             raise ValueError(f"unknown fit inputs {sorted(unknown)}; the registry knows {', '.join(INPUTS)}")
         missing = [n for n in self.needs if inputs.get(n) is None]
         if missing:
-            raise ValueError(f"head {self.name} needs {', '.join(missing)} to fit")
+            raise ValueError(f"head {self.name} needs {'; '.join(f'{n} ({INPUTS[n]})' for n in missing)} to fit")
         given = {n: inputs[n] for n in self.needs + self.optional if inputs.get(n) is not None}
         args = [None, None]
         for n, position in _POSITIONAL.items():

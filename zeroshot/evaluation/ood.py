@@ -21,14 +21,9 @@ def fit_detector(name: str, *, logit_scale: float, classes=None, no_classes=None
                  train=None):
     """A fitted detector by registry name (``_`` spellings accepted): text detectors from ``classes`` (+
     ``no_classes`` for CLIPN), feature detectors from the ``train`` FeatureSet (its labels feed Mahalanobis when
-    every row has one); every detector that takes a logit scale gets the backbone's."""
+    every row has one); every detector that takes a logit scale gets the backbone's. A missing input is the
+    registry's error, which says what to give."""
     spec = spec_for(name, "ood")
-    if "features" in spec.needs and train is None:
-        raise ValueError(f"detector {spec.name} is fitted on ID image features: give ID training images")
-    if "classes" in spec.needs and classes is None:
-        raise ValueError(f"detector {spec.name} scores against class text embeddings: give ID class names")
-    if "no_classes" in spec.needs and no_classes is None:
-        raise ValueError(f"detector {spec.name} needs a negation map (train one with 'zeroshot ood train-clipn')")
     inputs = {"classes": classes, "no_classes": no_classes, "class_names": class_names}
     if train is not None:
         labels = np.asarray(train.labels)
