@@ -22,6 +22,15 @@ def zero_shot_classifier(args, backbone, dataset_classes=None):
     return ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(classes=W, class_names=names)
 
 
+def zero_shot_eval(args, backbone, data):
+    """(FeatureSet, fitted zero-shot classifier, CLIP_benchmark metrics with per-class recall) of labelled ``data``."""
+    from ..metrics import classification_metrics
+
+    fs = extract_from_args(args, backbone, data)
+    clf = zero_shot_classifier(args, backbone, fs.classes)
+    return fs, clf, classification_metrics(clf.decision_function(fs.features), fs.labels, clf.class_names_)
+
+
 def cmd_extract(args) -> None:
     check_run_args(args)
     check_output("--output", args.output, folder=True)
@@ -60,7 +69,7 @@ def cmd_classify(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from ..metrics import classification_metrics, plot_confusion_matrix
+    from ..metrics import plot_confusion_matrix
 
     start = time.perf_counter()
     check_run_args(args)
@@ -69,9 +78,7 @@ def cmd_eval(args) -> None:
     data = open_data(args.dataset)
     check_classes(args, data)
     backbone = backbone_from_args(args)
-    fs = extract_from_args(args, backbone, data)
-    clf = zero_shot_classifier(args, backbone, fs.classes)
-    metrics = classification_metrics(clf.decision_function(fs.features), fs.labels, clf.class_names_)
+    fs, clf, metrics = zero_shot_eval(args, backbone, data)
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": str(args.dataset),
               "card": args.card, "classes": clf.class_names_, "failed": fs.failed, **metrics,

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from .options import (add_class_args, add_model_args, backbone_from_args, check_classes, check_exists, check_output,
-                      check_run_args, classes_and_templates, extract_from_args, open_data, report_failed)
+                      check_run_args, classes_and_templates, open_data, report_failed)
 
 SYNONYM_SOURCES = ("card", "wordnet", "none")
 COUNT_KINDS = ("text", "image", "integrated")
@@ -162,16 +162,12 @@ def cmd_fit(args) -> None:
 
 def per_class_accuracy(args, data) -> tuple[dict[str, float], object]:
     """Zero-shot per-class recall (%) on ``data``, computed as ``zeroshot eval`` does; and the backbone."""
-    from ..metrics import classification_metrics
-    from .classify import zero_shot_classifier
+    from .classify import zero_shot_eval
 
     backbone = backbone_from_args(args)
-    fs = extract_from_args(args, backbone, data)
+    fs, _, metrics = zero_shot_eval(args, backbone, data)
     report_failed(fs)
-    clf = zero_shot_classifier(args, backbone, fs.classes)
-    recall = classification_metrics(clf.decision_function(fs.features), fs.labels,
-                                    class_names=clf.class_names_)["per_class_recall"]
-    return {k: 100 * float(v) for k, v in recall.items()}, backbone
+    return {k: 100 * float(v) for k, v in metrics["per_class_recall"].items()}, backbone
 
 
 def cmd_report(args) -> None:
@@ -241,12 +237,12 @@ def tagger_from_args(args, names: list[str]):
     card prompts, cosine >= ``--tag-threshold``); None otherwise."""
     if not args.tagger:
         return None
-    from .. import class_embeddings, load_backbone
+    from .. import class_embeddings
     from ..concepts.default_model import corpus_tags
 
     print(f"note: the image side is tagged by {args.tagger}: tagging a model's own training images with that same "
           "model is circular, so read its image and integrated counts as the model's own opinion", file=sys.stderr)
-    tagger = load_backbone(args.tagger, device=args.device, precision=args.precision, decode=args.decode)
+    tagger = backbone_from_args(args, args.tagger)
     W = class_embeddings(tagger, names, classes_and_templates(args)[1], cache_dir=args.cache_dir)
     return lambda corpus: corpus_tags(corpus, tagger, W, args.tag_threshold, cache_dir=args.cache_dir,
                                       progress=not args.quiet)

@@ -40,10 +40,11 @@ def add_class_args(p: argparse.ArgumentParser,
     p.add_argument("--classes", help=classes_help)
 
 
-def backbone_from_args(args):
+def backbone_from_args(args, spec: str | None = None):
+    """The backbone ``--model`` names (or ``spec``, e.g. a tagger), on ``--device`` at ``--precision``."""
     from .. import load_backbone
 
-    return load_backbone(args.model, device=args.device, precision=args.precision, decode=args.decode)
+    return load_backbone(spec or args.model, device=args.device, precision=args.precision, decode=args.decode)
 
 
 def extract_from_args(args, backbone, data):
