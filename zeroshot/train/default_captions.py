@@ -63,31 +63,35 @@ class DefaultCorpus:
     def layout(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(offsets, indices)`` of :class:`~zeroshot.train.align.Targets` for the training images ``images``."""
         starts, stops = self.starts[images], self.stops[images]
-        offsets = np.concatenate([[0], np.cumsum(stops - starts)])
-        indices = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
-        return offsets, indices
+        return np.concatenate([[0], np.cumsum(stops - starts)]), _span_items(starts, stops)[1]
 
     def draws_per_epoch(self) -> np.ndarray:
         """Per text, its expected number of draws in one epoch: each image is visited once and draws one of its
         ``n`` captions uniformly, so a text gets ``1 / n`` from every image it belongs to (every image is assumed
         to decode; the last partial batch each epoch drops a few visits at random)."""
-        draws = np.zeros(len(self.texts))
-        spans = self.stops - self.starts
-        text_of = np.concatenate([np.arange(a, b) for a, b in zip(self.starts, self.stops)])
-        np.add.at(draws, text_of, np.repeat(1.0 / spans, spans))
-        return draws
+        image, text = _span_items(self.starts, self.stops)
+        return np.bincount(text, weights=1.0 / (self.stops - self.starts)[image], minlength=len(self.texts))
 
     def text_labels(self) -> np.ndarray:
         """Per text, the label of every image that draws it (texts are never shared across labels): the Tiny
         ImageNet class of a prompt, -1 for a Flickr caption."""
+        image, text = _span_items(self.starts, self.stops)
         labels = np.full(len(self.texts), -1)
-        for start, stop, label in zip(self.starts.tolist(), self.stops.tolist(), self.labels.tolist()):
-            labels[start:stop] = label
+        labels[text] = self.labels[image]
         return labels
 
     def rows(self) -> Iterator[tuple[str, float, int]]:
         """``(caption, expected draws per epoch, label)`` per text, in ``texts`` order (caption id = position)."""
         yield from zip(self.texts, self.draws_per_epoch().tolist(), self.text_labels().tolist())
+
+
+def _span_items(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (span position, text index) pair of the spans ``texts[starts[i]:stops[i]]``, in order, without a loop
+    over the spans: ``np.arange(starts[i], stops[i])`` for each i, concatenated, with i beside each index."""
+    lengths = stops - starts
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    first = np.cumsum(lengths) - lengths  # where each span's run begins in the output
+    return owner, np.arange(lengths.sum()) - first[owner] + starts[owner]
 
 
 def default_model_captions(data: str | Path) -> DefaultCorpus:
