@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 SHARED_DATA = Path(os.environ.get("ZEROSHOT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -62,6 +63,43 @@ def tiny_backbone(tiny_model_dir):
 def private_default_cache(tmp_path_factory, monkeypatch):
     """cache_dir=None means the default cache: point it at a fresh folder so tests never share or touch ~/.cache."""
     monkeypatch.setenv("ZEROSHOT_CACHE", str(tmp_path_factory.mktemp("default_cache")))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for every Ray test of the session; yields its address, which a subprocess
+    passes as ``--address`` to join it. Skips where ``ray`` is not installed (``pip install -e '.[test]'`` has it)."""
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[test]' (or '.[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def messy_folder(tmp_path) -> Path:
+    """Good real photos plus every kind of file a real folder throws at us."""
+    folder = tmp_path / "messy"
+    folder.mkdir()
+    for src in sorted(shared("dtd10", "all", "banded").glob("*.jpg"))[:3]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    photo = Image.open(next(iter(sorted(folder.glob("*.jpg"))))).convert("RGB")
+    full = (folder / "whole.jpg")
+    photo.save(full, quality=90)
+    data = full.read_bytes()
+    full.unlink()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("this is not an image\n")
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "tiny_1x1.png")
+    photo.convert("CMYK").save(folder / "cmyk.jpg")
+    gradient = (np.arange(48 * 48, dtype=np.uint32).reshape(48, 48) * 28).astype(np.uint16)
+    Image.fromarray(gradient).save(folder / "deep_16bit.png")
+    return folder
+
+
+BAD_FILES = {"truncated.jpg", "empty.jpg", "notes.png"}  # the files of messy_folder that cannot be decoded
 
 
 @pytest.fixture

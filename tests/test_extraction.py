@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import npz_slice, shared
+from conftest import BAD_FILES, npz_slice, shared
 from zeroshot import FeatureSet, extract, open_dataset
 
 
@@ -124,36 +124,13 @@ def test_kill_9_then_resume_is_bit_identical(tiny_model_dir, cifar_slice, tmp_pa
     assert np.array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "fresh.npy"))
 
 
-@pytest.fixture
-def messy_folder(tmp_path) -> Path:
-    """Good real photos plus every kind of file a real folder throws at us."""
-    folder = tmp_path / "messy"
-    folder.mkdir()
-    for src in sorted(shared("dtd10", "all", "banded").glob("*.jpg"))[:3]:
-        (folder / src.name).write_bytes(src.read_bytes())
-    photo = Image.open(next(iter(sorted(folder.glob("*.jpg"))))).convert("RGB")
-    full = (folder / "whole.jpg")
-    photo.save(full, quality=90)
-    data = full.read_bytes()
-    full.unlink()
-    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (folder / "empty.jpg").write_bytes(b"")
-    (folder / "notes.png").write_text("this is not an image\n")
-    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "tiny_1x1.png")
-    photo.convert("CMYK").save(folder / "cmyk.jpg")
-    gradient = (np.arange(48 * 48, dtype=np.uint32).reshape(48, 48) * 28).astype(np.uint16)
-    Image.fromarray(gradient).save(folder / "deep_16bit.png")
-    return folder
-
-
-BAD = {"truncated.jpg", "empty.jpg", "notes.png"}
 
 
 def test_bad_files_are_skipped_and_reported(tiny_backbone, messy_folder, tmp_path):
     fs = extract(tiny_backbone, messy_folder, cache_dir=tmp_path / "c", batch_size=4, num_workers=1, progress=False)
-    assert set(fs.failed) == BAD
+    assert set(fs.failed) == BAD_FILES
     assert "0 bytes" in fs.failed["empty.jpg"] and "not a decodable image" in fs.failed["notes.png"]
-    good = {p.name for p in messy_folder.iterdir()} - BAD
+    good = {p.name for p in messy_folder.iterdir()} - BAD_FILES
     assert set(fs.ids) == good and len(fs) == 6
     assert np.isfinite(fs.features).all()
 
@@ -166,10 +143,10 @@ def test_cli_classify_messy_folder(tiny_model_dir, messy_folder, tmp_path):
          "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv_rows(out))
-    assert {r["id"] for r in rows} == {p.name for p in messy_folder.iterdir()} - BAD
+    assert {r["id"] for r in rows} == {p.name for p in messy_folder.iterdir()} - BAD_FILES
     assert all(r["prediction"] in {"cat", "dog", "texture"} for r in rows)
     assert all(abs(sum(float(r[f"score{k}"]) for k in (1, 2, 3)) - 1) < 1e-3 for r in rows)
-    for name in BAD:
+    for name in BAD_FILES:
         assert name in proc.stderr
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +307,37 @@ class ImageFiles(_FileDataset):
         super().__init__(paths, [str(p) for p in paths], [-1] * len(paths), None, folder)
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """A dataset cut into fixed work units: shard ``s`` holds indices ``[s * shard_size, (s + 1) * shard_size)``,
+    encoded in batches of ``batch_size``. It depends only on (n, batch_size, shard_size), so every run, engine and
+    machine encodes exactly the same batches, writes the same bytes and can take over another's unfinished units.
+    Computed per shard, so a plan over 100M images costs nothing to hold."""
+
+    n: int
+    batch_size: int
+    shard_size: int
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.shard_size < self.batch_size or self.shard_size % self.batch_size:
+            raise ValueError(f"shard size {self.shard_size} must be a positive multiple of the batch size "
+                             f"{self.batch_size}")
+
+    def __len__(self) -> int:
+        return -(-self.n // self.shard_size)
+
+    def rows(self, shard: int) -> range:
+        """The dataset indices of ``shard``."""
+        if not 0 <= shard < len(self):
+            raise IndexError(f"shard {shard} is not in a plan of {len(self)} shards")
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n))
+
+    def batches(self, shard: int) -> list[list[int]]:
+        """The batches of ``shard``, each a list of dataset indices."""
+        rows = self.rows(shard)
+        return [list(rows[lo : lo + self.batch_size]) for lo in range(0, len(rows), self.batch_size)]
+
+
 def open_dataset(spec: str | os.PathLike | list) -> Dataset:
     """Open a dataset from a path: a folder (class sub-folders, flat images, or tar shards), ``.npz``, ``.csv``,
     tar shard(s) with an optional ``{a..b}`` brace range, or image file(s)."""
@@ -337,5 +369,5 @@ def open_dataset(spec: str | os.PathLike | list) -> Dataset:
 
 __all__ = [
     "Dataset", "ImageFolder", "FileList", "NpzArrays", "TarShards", "ImageFiles", "open_dataset",
-    "expand_shards",
+    "expand_shards", "ShardPlan",
 ]

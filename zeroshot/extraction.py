@@ -7,16 +7,19 @@ uninterrupted run would have, and the features come out bit-identical.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from .backbone import Backbone
 from .cache import images_entry, resolve_cache_dir
-from .datasets import Dataset, open_dataset
+from .datasets import Dataset, ShardPlan, open_dataset
+from .engines.session import check_engine
 from .features import FeatureSet, ShardStore
 from .images import BadImage, decode_raw
 
@@ -74,7 +77,7 @@ def decode_all(dataset: Dataset, transform, *, batch_size: int = 256, num_worker
     workers = default_num_workers("cpu") if num_workers is None else num_workers
     loader = DataLoader(_Decoded(dataset, transform), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
-    bar = _progress(len(dataset), 0, progress, f"decoding {Path(dataset.location).name}")
+    bar = progress_bar(len(dataset), 0, progress, f"decoding {Path(dataset.location).name}")
     images, rows, failed = [], [], {}
     for batch, good, bad in loader:
         if batch is not None:
@@ -90,7 +93,8 @@ def decode_all(dataset: Dataset, transform, *, batch_size: int = 256, num_worker
 
 def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *,
             cache_dir: str | os.PathLike | None | bool = None, batch_size: int | None = None,
-            num_workers: int | None = None, shard_batches: int = 16, progress: bool = True) -> FeatureSet:
+            num_workers: int | None = None, shard_batches: int = 16, progress: bool = True, engine: str = "local",
+            address: str | None = None, ray_workers: int | None = None, gpus_per_worker: float = 0) -> FeatureSet:
     """Encode every image of ``dataset`` with ``backbone`` into a :class:`FeatureSet`, cached on disk.
 
     A finished cache for the same (backbone fingerprint, data) returns at once, memory-mapped; an unfinished one
@@ -99,36 +103,45 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *,
     Files that cannot be decoded are skipped and listed in ``FeatureSet.failed`` (id -> reason). The batch size is
     fixed per cache so resumed results are identical. ``cache_dir``: None = the default cache
     (:func:`zeroshot.cache.resolve_cache_dir`), False = no cache (encoded in a temporary folder, returned in memory).
+
+    ``engine="ray"`` encodes the same shard plan on a Ray actor pool (:mod:`zeroshot.engines.extract`) and writes
+    the same bytes: ``address`` of a running cluster (None starts a local one for this call), ``ray_workers``
+    actors (default: one per ``gpus_per_worker`` GPUs, or one per 2 CPUs), each decoding on ``num_workers`` threads.
     """
+    check_engine(engine)
     if not isinstance(dataset, Dataset):
         dataset = open_dataset(dataset)
     signature = {**dataset.signature(), "transform": backbone.transform.fingerprint()}
+    device = "cuda" if engine == "ray" and gpus_per_worker else backbone.device
+    run = partial(_extract_into, backbone=backbone, dataset=dataset, signature=signature,
+                  batch_size=batch_size or default_batch_size(device), shard_batches=shard_batches, progress=progress,
+                  encode=partial(_encode_missing, num_workers=num_workers) if engine == "local" else
+                  partial(_encode_on_ray, address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker,
+                          decode_threads=num_workers))
     cache = resolve_cache_dir(cache_dir)
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="zeroshot-extract-") as tmp:
-            fs = _extract_into(Path(tmp), backbone, dataset, signature, batch_size, num_workers, shard_batches,
-                               progress)
+            fs = run(Path(tmp))
             return FeatureSet(np.array(fs.features), fs.labels, fs.ids, fs.meta)
-    return _extract_into(images_entry(cache, backbone.fingerprint, signature), backbone, dataset, signature,
-                         batch_size, num_workers, shard_batches, progress)
+    return run(images_entry(cache, backbone.fingerprint, signature))
 
 
-def _extract_into(folder: Path, backbone: Backbone, dataset: Dataset, signature: dict, batch_size: int | None,
-                  num_workers: int | None, shard_batches: int, progress: bool) -> FeatureSet:
-    """The cache entry ``folder`` made complete (encoding what no process has encoded yet) and loaded."""
-    batch_size = batch_size or default_batch_size(backbone.device)
+def _extract_into(folder: Path, *, backbone: Backbone, dataset: Dataset, signature: dict, batch_size: int,
+                  shard_batches: int, progress: bool, encode) -> FeatureSet:
+    """The cache entry ``folder`` made complete (``encode(store, plan, backbone, dataset, progress)`` encodes what no
+    process has committed yet) and loaded."""
     store = ShardStore(folder, {
         "fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name, "dataset": signature,
         "batch_size": batch_size, "shard_size": batch_size * shard_batches, "dim": backbone.embed_dim,
     })
-    shards = _shard_plan(len(dataset), store.header["batch_size"], store.header["shard_size"])  # a resume keeps them
+    plan = ShardPlan(len(dataset), store.header["batch_size"], store.header["shard_size"])  # a resume keeps them
     meta = {"fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name,
             "dataset": signature, "transform": backbone.transform.fingerprint(), "classes": dataset.classes}
     for _ in range(3):  # a shard can vanish under a pass (a concurrent prune, a damaged file): encode it again
         result = store.complete_set()
         if result is None:
-            _encode_missing(store, shards, backbone, dataset, num_workers, progress)
-            result = store.finish(len(shards), dataset.labels, dataset.ids, meta)
+            encode(store, plan, backbone, dataset, progress=progress)
+            result = store.finish(len(plan), dataset.labels, dataset.ids, meta)
         if result is not None:
             if result.failed and progress:
                 print(f"skipped {len(result.failed)} unreadable file(s): " +
@@ -138,52 +151,57 @@ def _extract_into(folder: Path, backbone: Backbone, dataset: Dataset, signature:
                        "process deleting this cache? Run again once it has finished")
 
 
-def _shard_plan(n: int, batch_size: int, shard_size: int) -> list[list[list[int]]]:
-    """Per shard, its batches of dataset indices: fixed by (n, batch_size, shard_size), so every run (and every
-    concurrent writer) encodes exactly the same batches and writes the same bytes."""
-    return [[list(range(lo, min(lo + batch_size, start + shard_size, n)))
-             for lo in range(start, min(start + shard_size, n), batch_size)]
-            for start in range(0, n, shard_size)]
+def encode_unit(backbone: Backbone, decoded, ids: list[str], *, skip: bool = False, on_batch=None):
+    """One unit of the plan from its decoded batches (``(uint8 batch or None, kept indices, [(index, reason)])``):
+    ``(rows, features, failed id -> reason)``; ``skip`` only drains the batches (another process committed it)."""
+    features, rows, failed = [np.zeros((0, backbone.embed_dim), np.float32)], [np.zeros(0, np.int64)], {}
+    for batch, good, bad in decoded:
+        if batch is not None and not skip:
+            features.append(backbone.encode_images(batch).cpu().numpy())
+            rows.append(good)
+        failed.update({ids[i]: reason for i, reason in bad})
+        if on_batch is not None:
+            on_batch(len(good) + len(bad))
+    return np.concatenate(rows), np.concatenate(features), failed
 
 
-def _encode_missing(store: ShardStore, shards: list[list[list[int]]], backbone: Backbone, dataset: Dataset,
+def _encode_missing(store: ShardStore, plan: ShardPlan, backbone: Backbone, dataset: Dataset, *,
                     num_workers: int | None, progress: bool) -> None:
-    """Encode and write every shard not committed yet. Each process starts at another shard (by pid) and skips
-    those another process committed meanwhile, so concurrent runs share the work."""
+    """The local engine: encode and write every shard not committed yet. Each process starts at another shard (by
+    pid) and skips those another process committed meanwhile, so concurrent runs share the work."""
     from torch.utils.data import DataLoader
 
-    todo = [shard for shard in range(len(shards)) if not store.done(shard)]
+    todo = [shard for shard in range(len(plan)) if not store.done(shard)]
     if not todo:
         return
     start = os.getpid() % len(todo)
-    plan = {shard: shards[shard] for shard in todo[start:] + todo[:start]}
+    order = todo[start:] + todo[:start]
     backbone.model  # build the network before workers fork and before the progress bar starts timing
     workers = default_num_workers(backbone.device) if num_workers is None else num_workers
     on_gpu = str(backbone.device).startswith("cuda")
     loader = DataLoader(
-        _Decoded(dataset, backbone.transform), batch_sampler=[b for batches in plan.values() for b in batches],
+        _Decoded(dataset, backbone.transform), batch_sampler=[b for shard in order for b in plan.batches(shard)],
         num_workers=workers, collate_fn=_collate, pin_memory=on_gpu, prefetch_factor=4 if workers else None,
         worker_init_fn=None if on_gpu else _lower_priority,
     )
-    n = len(dataset)
-    bar = _progress(total=n, initial=n - sum(len(b) for batches in plan.values() for b in batches),
-                    enabled=progress, desc=f"encoding {Path(dataset.location).name}")
+    bar = progress_bar(total=plan.n, initial=plan.n - sum(len(plan.rows(s)) for s in todo), enabled=progress,
+                       desc=f"encoding {Path(dataset.location).name}")
     decoded = iter(loader)
-    for shard, batches in plan.items():
+    for shard in order:
         if store.complete:  # another process joined every shard: nothing left to do
             break
         skip = store.done(shard)  # another process committed it while we decoded
-        features, rows, failed = [np.zeros((0, backbone.embed_dim), np.float32)], [np.zeros(0, np.int64)], {}
-        for _ in batches:
-            batch, good, bad = next(decoded)
-            if batch is not None and not skip:
-                features.append(backbone.encode_images(batch).cpu().numpy())
-                rows.append(good)
-            failed.update({dataset.ids[i]: reason for i, reason in bad})
-            bar.update(len(good) + len(bad))
+        batches = itertools.islice(decoded, len(plan.batches(shard)))
+        rows, features, failed = encode_unit(backbone, batches, dataset.ids, skip=skip, on_batch=bar.update)
         if not skip:
-            store.write_shard(shard, np.concatenate(rows), np.concatenate(features), failed)
+            store.write_shard(shard, rows, features, failed)
     bar.close()
+
+
+def _encode_on_ray(store: ShardStore, plan: ShardPlan, backbone: Backbone, dataset: Dataset, **options) -> None:
+    from .engines.extract import encode_on_ray
+
+    encode_on_ray(store, plan, backbone, dataset, **options)
 
 
 class _NoBar:
@@ -194,7 +212,7 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, initial: int, enabled: bool, desc: str):
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
     if not enabled:
         return _NoBar()
     from tqdm import tqdm

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import (add_class_args, add_model_args, backbone_from_args, check_at_least, check_classes,
+from .options import (add_class_args, add_engine_args, add_model_args, backbone_from_args, check_at_least, check_classes,
                       check_output, check_run_args, class_embeddings_from_args, extract_from_args, open_data,
                       report_failed)
 
@@ -97,6 +97,7 @@ def add_commands(sub) -> None:
     p.add_argument("data", help="image folder, .npz, .csv file list, or tar shards")
     p.add_argument("--output", help="also save the FeatureSet to this folder")
     add_model_args(p)
+    add_engine_args(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("classify", help="zero-shot predictions for images (CSV)")
