@@ -260,3 +260,14 @@ def test_a_damaged_shard_is_encoded_again(tiny_backbone, small_slice, monkeypatc
                        num_workers=0, progress=False)
     np.testing.assert_array_equal(repaired.features, reference.features)
     assert json.loads(next((tmp_path / "c").glob("*/images/*/manifest.json")).read_text())["complete"]
+
+
+def test_atomic_concat_npy_streams_parts_into_one_array(tmp_path):
+    from zeroshot.cache import atomic_concat_npy
+
+    parts = [np.full((n, 3), i, np.float32) for i, n in enumerate([4, 0, 2])]
+    atomic_concat_npy(tmp_path / "x.npy", iter(parts), (6, 3), np.float32)
+    assert np.array_equal(np.load(tmp_path / "x.npy"), np.concatenate(parts))
+    with pytest.raises(ValueError, match="hold 6 rows, not 7"):
+        atomic_concat_npy(tmp_path / "y.npy", iter(parts), (7, 3), np.float32)
+    assert not list(tmp_path.glob("*y.npy*"))  # nothing half-written is left behind

@@ -91,6 +91,25 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
+def atomic_concat_npy(path: Path, parts, shape: tuple[int, ...], dtype) -> None:
+    """Save the row-wise concatenation of ``parts`` (an iterable of arrays, e.g. loaded one at a time) as one
+    ``.npy`` of ``shape``, atomically, holding only one part in memory: a join of 100M feature rows never needs
+    them all in RAM."""
+    dtype = np.dtype(dtype)
+
+    def write(f) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        np.lib.format.write_array_header_1_0(f, header)
+        written = 0
+        for part in parts:
+            f.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
+            written += len(part)
+        if written != shape[0]:
+            raise ValueError(f"{path}: the parts hold {written} rows, not {shape[0]}")
+
+    _atomic_write(path, write)
+
+
 def atomic_write_json(path: Path, data: dict) -> None:
     """Write ``data`` as JSON to ``path`` atomically (see :func:`atomic_save_npy`)."""
     _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import check_fingerprint
-from .cache import atomic_save_npy, atomic_write_json, entry_lock, npy_intact, read_json, touch_last_used
+from .cache import (atomic_concat_npy, atomic_save_npy, atomic_write_json, entry_lock, npy_intact, read_json,
+                    touch_last_used)
 
 MANIFEST = "manifest.json"
 NORM_TOLERANCE = 1e-3  # rows further than this from unit length are renormalised with a warning
@@ -134,13 +135,8 @@ class FeatureSet:
         return FeatureSet(np.asarray(self.features[rows]), self.labels[rows], self.ids[rows], dict(self.meta))
 
     def save(self, folder: str | os.PathLike) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_save_npy(folder / "features.npy", np.ascontiguousarray(self.features, dtype=np.float32))
-        atomic_save_npy(folder / "labels.npy", np.asarray(self.labels, dtype=np.int64))
-        atomic_save_npy(folder / "ids.npy", np.asarray(self.ids, dtype=str))
-        atomic_write_json(folder / MANIFEST, {**self.meta, "version": FORMAT_VERSION, "complete": True, "n": len(self)})
-        return folder
+        return save_set(folder, lambda path: atomic_save_npy(path, np.ascontiguousarray(self.features, np.float32)),
+                        self.labels, self.ids, self.meta)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, fingerprint: str | None = None, mmap: bool = True) -> "FeatureSet":
@@ -158,6 +154,18 @@ class FeatureSet:
             meta.pop(key, None)
         return cls(load_npy(folder / "features.npy", mmap), load_npy(folder / "labels.npy", False),
                    load_npy(folder / "ids.npy", False), meta)
+
+
+def save_set(folder: str | os.PathLike, write_features, labels, ids, meta: dict) -> Path:
+    """Write a complete store: ``write_features(path)`` writes ``features.npy`` (whole or streamed), then labels,
+    ids and, last, the manifest that marks it complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_features(folder / "features.npy")
+    atomic_save_npy(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
+    atomic_save_npy(folder / "ids.npy", np.asarray(ids, dtype=str))
+    atomic_write_json(folder / MANIFEST, {**meta, "version": FORMAT_VERSION, "complete": True, "n": len(labels)})
+    return folder
 
 
 class ShardStore:
@@ -248,10 +256,12 @@ class ShardStore:
         return fs
 
     def _join(self, n_shards: int, labels: np.ndarray, ids: list[str], meta: dict) -> None:
-        feats = [load_npy(self._path(s, "features"), mmap=False) for s in range(n_shards)]
+        """Write the joined set, streaming the feature shards one at a time into ``features.npy``."""
         rows = [load_npy(self._path(s, "rows"), mmap=False) for s in range(n_shards)]
         failed = {k: v for s in range(n_shards) for k, v in read_json(self._path(s, "json"))["failed"].items()}
         rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        features = np.concatenate(feats) if feats else np.zeros((0, self.header["dim"]), np.float32)
+        features = (load_npy(self._path(s, "features"), mmap=False) for s in range(n_shards))
         ids_array = np.asarray(ids, dtype=str)[rows] if len(rows) else np.zeros(0, dtype=str)
-        FeatureSet(features, labels[rows], ids_array, {**self.header, **meta, "failed": failed}).save(self.folder)
+        save_set(self.folder, lambda path: atomic_concat_npy(path, features, (len(rows), self.header["dim"]),
+                                                             np.float32),
+                 labels[rows], ids_array, {**self.header, **meta, "failed": failed})
