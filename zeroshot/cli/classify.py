@@ -97,7 +97,8 @@ def add_commands(sub) -> None:
     p.add_argument("data", help="image folder, .npz, .csv file list, or tar shards")
     p.add_argument("--output", help="also save the FeatureSet to this folder")
     add_model_args(p)
-    add_engine_args(p)
+    add_engine_args(p, gpus=True, workers_help="Ray workers, each loading the model once (default: one per "
+                    "--gpus-per-worker GPUs, else one per 2 CPUs of the cluster)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("classify", help="zero-shot predictions for images (CSV)")

@@ -7,8 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .options import (add_class_args, add_model_args, backbone_from_args, check_classes, check_exists, check_output,
-                      check_run_args, classes_and_templates, open_data, report_failed)
+from .options import (add_class_args, add_engine_args, add_model_args, backbone_from_args, check_classes, check_engine_args,
+                      check_exists, check_output, check_run_args, classes_and_templates, open_data, report_failed)
 
 SYNONYM_SOURCES = ("card", "wordnet", "none")
 COUNT_KINDS = ("text", "image", "integrated")
@@ -67,15 +67,16 @@ def check_count_args(args) -> None:
     get_lemmatiser(args.lemmatiser)
 
 
-def count_text(args, names: list[str], captions, corpus: dict) -> tuple[list[dict], dict]:
-    """Text-side counts of ``names`` in the ``captions()`` stream of ``corpus`` (its description): counts.csv rows
-    and the provenance that goes with them."""
+def count_text(args, names: list[str], corpus: dict, engine: dict | None = None) -> tuple[list[dict], dict]:
+    """Text-side counts of ``names`` in ``--corpus`` (``corpus``: its description) on ``engine`` (the
+    :func:`engine_options`; default: local): counts.csv rows and the provenance that goes with them, the same for
+    every engine, as the counts are."""
     from ..concepts.lemmas import get_lemmatiser
     from ..concepts.matching import count_corpus
 
     lemmatiser = get_lemmatiser(args.lemmatiser)
-    index, counts = count_corpus(captions, concepts_from_args(args, names), mode=args.mode, lemmatiser=lemmatiser,
-                             examples=3)
+    index, counts = count_corpus(args.corpus, concepts_from_args(args, names), mode=args.mode, lemmatiser=lemmatiser,
+                                 examples=3, column=args.column, **(engine or {}))
     rows = [{"concept": c.name, "text_count": c.count, "frequency": c.frequency, "variants": c.variants,
              "examples": c.examples} for c in counts]
     meta = {"corpus": corpus, "n_captions": index.n_captions, "lemmatiser": lemmatiser.name,
@@ -83,25 +84,33 @@ def count_text(args, names: list[str], captions, corpus: dict) -> tuple[list[dic
     return rows, meta
 
 
+def engine_options(args) -> dict:
+    """``count_corpus``'s engine arguments from ``--engine``, ``--address`` and ``--num-workers``, checked before the
+    corpus is read through for its sha256."""
+    check_engine_args(args)
+    return {"engine": args.engine, "address": args.address, "num_workers": args.num_workers}
+
+
 def meta_path(counts_csv: str | Path) -> Path:
     """The provenance written beside ``counts.csv``: ``counts.meta.json``."""
     return Path(counts_csv).with_suffix(".meta.json")
 
 
-def corpus_from_args(args) -> tuple:
-    """``(captions factory, description)`` of ``--corpus`` (a missing or unknown corpus fails here)."""
-    from ..concepts.corpus import describe_corpus, iter_captions
+def corpus_from_args(args) -> dict:
+    """The description of ``--corpus`` (a missing or unknown corpus fails here, before any counting)."""
+    from ..concepts.corpus import describe_corpus
 
-    return lambda: iter_captions(args.corpus, column=args.column), describe_corpus(args.corpus)
+    return describe_corpus(args.corpus)
 
 
 def cmd_count(args) -> None:
     from ..concepts.report import write_counts_csv
 
     check_count_args(args)
+    engine = engine_options(args)
     check_output("--output", args.output)
     names = concept_names(args)
-    rows, meta = count_text(args, names, *corpus_from_args(args))
+    rows, meta = count_text(args, names, corpus_from_args(args), engine)
     write_counts_csv(args.output, rows)
     meta_path(args.output).write_text(json.dumps(meta, indent=1))
     print_table(rows)
@@ -188,7 +197,7 @@ def cmd_report(args) -> None:
     corpus = None if args.corpus == "default-model" else corpus_from_args(args)
     accuracy, backbone = per_class_accuracy(args, data)
     names = list(accuracy)
-    rows, meta = count_text(args, names, *corpus) if corpus else count_default_model(args, names)
+    rows, meta = count_text(args, names, corpus) if corpus else count_default_model(args, names)
     out.mkdir(parents=True, exist_ok=True)
     write_counts_csv(out / "counts.csv", rows)
     print_table(rows, accuracy)
@@ -289,6 +298,7 @@ def add_commands(sub) -> None:
     p.add_argument("--concepts", help="concept file: one per line, optionally 'name: syn1, syn2'")
     add_count_args(p)
     p.add_argument("--output", required=True, help="counts.csv to write (its provenance goes to counts.meta.json)")
+    add_engine_args(p, workers_help="Ray tasks at once, one partition of the corpus each (default: one per CPU)")
     p.set_defaults(func=cmd_count)
 
     p = concepts_sub.add_parser("fit", help="fit accuracy against log frequency (fit.json + trend.png)")

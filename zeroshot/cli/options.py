@@ -34,33 +34,38 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
 
 
-def add_engine_args(p: argparse.ArgumentParser) -> None:
+def add_engine_args(p: argparse.ArgumentParser, *, workers_help: str = "Ray workers at once (default: the cluster's "
+                    "CPUs)", gpus: bool = False) -> None:
     """``--engine`` and the Ray options: where the work units run (see :mod:`zeroshot.engines`)."""
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local (default) or ray: run the work units on a Ray cluster (pip install 'zeroshot[ray]')")
     p.add_argument("--address", default=None,
                    help="Ray cluster to use: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, else a "
                         "local cluster started and stopped by this command)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="Ray workers (default: one per --gpus-per-worker GPUs, else one per 2 CPUs of the cluster)")
-    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs each Ray worker encodes on (default 0: CPU)")
+    p.add_argument("--num-workers", type=int, default=None, help=workers_help)
+    if gpus:
+        p.add_argument("--gpus-per-worker", type=float, default=0,
+                       help="GPUs each Ray worker encodes on (default 0: CPU)")
 
 
 def check_engine_args(args: argparse.Namespace) -> None:
-    """The Ray options only mean something with ``--engine ray``, and counts must be positive."""
+    """The Ray options only mean something with ``--engine ray``; with it, Ray must be installed and a given
+    ``--address`` must answer, found out before any long work (a model load, a pass over a corpus)."""
     if args.engine == "local":
         given = [f"--{name.replace('_', '-')}" for name in ("address", "num_workers", "gpus_per_worker")
                  if getattr(args, name, None)]
         if given:
             raise ValueError(f"{' and '.join(given)}: used only with --engine ray; add --engine ray or drop "
                              f"{'it' if len(given) == 1 else 'them'}")
-    if getattr(args, "address", None):
-        from ..engines.session import check_address
+        return
+    from ..engines.session import check_address, check_reachable, require_ray
 
-        check_address(args.address)
-    check_at_least("--num-workers", getattr(args, "num_workers", None))
+    check_at_least("--num-workers", args.num_workers)
     if getattr(args, "gpus_per_worker", 0) < 0:
         raise ValueError(f"--gpus-per-worker must be 0 or more, got {args.gpus_per_worker}")
+    require_ray()
+    if args.address and check_address(args.address):
+        check_reachable(args.address)
 
 
 def add_class_args(p: argparse.ArgumentParser,
@@ -81,7 +86,7 @@ def extract_from_args(args, backbone, data):
     from .. import extract
 
     ray = {"engine": args.engine, "address": args.address, "ray_workers": args.num_workers,
-           "gpus_per_worker": args.gpus_per_worker} if hasattr(args, "engine") else {}  # commands with --engine
+           "gpus_per_worker": getattr(args, "gpus_per_worker", 0)} if hasattr(args, "engine") else {}
     return extract(backbone, data, cache_dir=args.cache_dir, batch_size=args.batch_size, num_workers=args.workers,
                    progress=not args.quiet, **ray)
 

@@ -9,14 +9,18 @@ the official code drops it, turning "sea slug" into "sea"); such lemmas are list
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
 
 import numpy as np
 from tqdm import tqdm
 
+from ..engines.session import check_engine
+from .corpus import PARTITION_BYTES, iter_captions
 from .lemmas import Lemmatiser, get_lemmatiser, tokens
 
 MODES = ("all_unigrams", "phrase")
@@ -122,8 +126,7 @@ def count_concepts(index: CaptionIndex, concepts: Sequence[Concept | str], *, mo
     ``lemmatiser`` defaults to the index's own and must have its name. Phrase mode and examples need one more
     streaming pass over ``captions``, restricted to candidate ids and stopped after the last one.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    check_mode(mode)
     lemmatiser = index.lemmatiser if lemmatiser is None else _as_lemmatiser(lemmatiser)
     if lemmatiser.name != index.lemmatiser.name:
         raise ValueError(f"the index was built with the {index.lemmatiser.name!r} lemmatiser, "
@@ -152,12 +155,97 @@ def count_concepts(index: CaptionIndex, concepts: Sequence[Concept | str], *, mo
     return results
 
 
-def count_corpus(captions_factory: Callable[[], Captions], concepts: Sequence[Concept | str], *,
-                 mode: str = "all_unigrams", lemmatiser: Lemmatiser | str = "lemminflect",
-                 examples: int = 3) -> tuple[CaptionIndex, list[ConceptCount]]:
-    """Index a corpus (one pass over ``captions_factory()``) and count ``concepts`` (a second pass if needed)."""
-    index = CaptionIndex.build(captions_factory(), lemmatiser)
-    return index, count_concepts(index, concepts, mode=mode, captions=captions_factory, examples=examples)
+def count_corpus(corpus: str | os.PathLike | Callable[[], Captions], concepts: Sequence[Concept | str], *,
+                 mode: str = "all_unigrams", lemmatiser: Lemmatiser | str = "lemminflect", examples: int = 3,
+                 column: str | None = None, engine: str = "local", address: str | None = None,
+                 num_workers: int | None = None, partition_bytes: int = PARTITION_BYTES,
+                 ) -> tuple[CaptionIndex | CorpusSummary, list[ConceptCount]]:
+    """Count ``concepts`` in a corpus: a path (read with :func:`iter_captions`, ``column`` as there) or a factory of
+    caption streams. Returns the corpus's index (local engine) or its :class:`CorpusSummary` (Ray), and the counts.
+
+    ``engine="local"`` counts the corpus as one partition in this process; ``engine="ray"`` (a path only) counts the
+    partitions of :func:`plan_partitions` (``partition_bytes``) on Ray (:mod:`zeroshot.engines.concepts`: ``address``
+    and ``num_workers`` as in :func:`zeroshot.engines.session.ray_session`) and merges them into the same counts.
+    """
+    check_mode(mode)
+    if check_engine(engine) == "local":
+        captions = corpus if callable(corpus) else (lambda: iter_captions(corpus, column=column))
+        return count_partition(captions, concepts, mode=mode, lemmatiser=lemmatiser, examples=examples)
+    if callable(corpus):
+        raise TypeError("the Ray engine reads a corpus by partitions: give the corpus path, not a captions factory")
+    from ..engines.concepts import count_on_ray
+
+    return count_on_ray(corpus, concepts, mode=mode, lemmatiser=_as_lemmatiser(lemmatiser), examples=examples,
+                        column=column, address=address, num_workers=num_workers, partition_bytes=partition_bytes)
+
+
+def count_partition(captions: Callable[[], Captions], concepts: Sequence[Concept | str], *, mode: str,
+                    lemmatiser: Lemmatiser | str, examples: int) -> tuple[CaptionIndex, list[ConceptCount]]:
+    """Index one stream of captions (one pass over ``captions()``) and count ``concepts`` (a second pass if needed):
+    the whole corpus for the local engine, one partition on a Ray task, so both engines count with this code."""
+    index = CaptionIndex.build(captions(), lemmatiser)
+    return index, count_concepts(index, concepts, mode=mode, captions=captions, examples=examples)
+
+
+@dataclass
+class CorpusSummary:
+    """What a corpus counted in partitions is: the fields of :class:`CaptionIndex` that describe the whole corpus."""
+
+    n_captions: int
+    total_weight: float | int
+    lemmatiser: Lemmatiser
+
+
+@dataclass
+class PartitionCounts:
+    """One partition's counts, as a worker sends them back: its size and its :class:`ConceptCount` list, whose caption
+    ids, examples and missing lemmas are the partition's own (:func:`merge_partitions` makes them the corpus's)."""
+
+    n_captions: int
+    total_weight: float | int
+    counts: list[ConceptCount]
+
+    @classmethod
+    def of(cls, index: CaptionIndex, counts: list[ConceptCount]) -> PartitionCounts:
+        """The counts of :func:`count_partition`, without its index (which stays on the worker)."""
+        return cls(index.n_captions, index.total_weight, counts)
+
+
+def merge_partitions(parts: Sequence[PartitionCounts], lemmatiser: Lemmatiser,
+                     examples: int) -> tuple[CorpusSummary, list[ConceptCount]]:
+    """The counts of the corpus whose partitions, in caption order, are ``parts``: exactly what counting it as one
+    partition gives. Partitions are disjoint runs of caption ids, so ids are shifted by the captions before them and
+    concatenated (still sorted), counts add up, the first ``examples`` matches are the first among the partitions'
+    first ones, and a lemma is missing from the corpus when it is missing from every partition. Counts are exact
+    sums for unweighted corpora (every file format); summed weights may differ from one pass in the last bits."""
+    if not parts:
+        raise ValueError("a corpus has at least one partition (an empty file is one empty partition)")
+    offsets = np.cumsum([0, *(p.n_captions for p in parts[:-1])])
+    n_captions = sum(p.n_captions for p in parts)
+    total_weight = sum(p.total_weight for p in parts)
+    merged = [_merge_concept(per_part, offsets, total_weight if n_captions else None, examples)
+              for per_part in zip(*(p.counts for p in parts))]
+    return CorpusSummary(n_captions, total_weight, lemmatiser), merged
+
+
+def _merge_concept(per_part: Sequence[ConceptCount], offsets: np.ndarray, total_weight: float | None,
+                   examples: int) -> ConceptCount:
+    """One concept's :class:`ConceptCount` over the corpus from its counts in each partition (see merge_partitions;
+    ``total_weight`` None: the corpus has no captions, frequency 0 as in :func:`count_concepts`)."""
+    first = per_part[0]
+    ids = np.concatenate([c.caption_ids + np.uint32(offset) for c, offset in zip(per_part, offsets.tolist())])
+    count = sum(c.count for c in per_part)
+    return ConceptCount(first.name, count, len(ids), 0.0 if total_weight is None else count / total_weight,
+                        {v: sum(c.variants[v] for c in per_part) for v in first.variants}, ids,
+                        list(islice(chain.from_iterable(c.examples for c in per_part), examples)),
+                        sorted(set(first.missing).intersection(*(c.missing for c in per_part[1:]))))
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is a matching mode, else a ValueError naming them (before any pass over a corpus)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    return mode
 
 
 def _second_pass(captions: Captions, lemmatiser: Lemmatiser, queries: list[list[tuple[str, ...]]],
