@@ -4,11 +4,20 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import unit_rows
+
 from zeroshot import FeatureSet, Index
+from zeroshot.cli import main
+from zeroshot.retrieval import index as index_module
 from zeroshot.retrieval.index import (
-    choose_factory, exact_search, image_paths, index_bytes, ivf_lists, knn_recall, parse_bytes, search_knob,
+    choose_factory,
+    exact_search,
+    image_paths,
+    index_bytes,
+    ivf_lists,
+    knn_recall,
+    parse_bytes,
+    search_knob,
 )
 
 D = 32
@@ -30,12 +39,13 @@ def data(rng):
 @pytest.mark.parametrize("n, memory, expected", [
     (1_000, "2G", "Flat"),
     (200_000, "2G", "Flat"),
-    (200_001, "2G", "IVF2048,Flat"),
-    (1_000_000, "2G", "IVF4096,Flat"),
-    (1_000_000, "1.4G", "IVF4096,SQ8"),
-    (1_000_000, "100M", "OPQ64,IVF4096,PQ64x8"),
-    (10_000_000, "1G", "OPQ96,IVF16384,PQ96x8"),
-    (100_000, "100M", "IVF1024,SQ8"),  # Flat would need 146 MiB: past the budget, the rule moves on
+    (200_001, "2G", "IVF512,Flat"),
+    (1_000_000, "2G", "IVF1024,Flat"),
+    (1_000_000, "1.4G", "IVF1024,SQ8"),
+    (1_000_000, "100M", "IVF1024,PQ64x8"),
+    (10_000_000, "1G", "IVF4096,PQ96x8"),
+    (10_000_000, "2G", "IVF4096,PQ128x8"),
+    (100_000, "100M", "IVF256,SQ8"),  # Flat would need 146 MiB: past the budget, the rule moves on
 ])
 def test_auto_rule(n, memory, expected):
     assert choose_factory(n, 384, memory) == expected
@@ -53,13 +63,17 @@ def test_memory_estimates_follow_the_table():
     assert index_bytes("IVF1024,Flat", 10, 64) == 10 * (256 + 8) + 4 * 64 * 1024
     assert index_bytes("IVF1024,PQ16x8", 10, 64) == 10 * 24 + 4 * 64 * 1024
     assert index_bytes("LSH", 10, 64) is None
+    # an HNSW coarse quantizer holds its centroids as HNSW rows: 4D + 8M bytes each
+    assert index_bytes("IVF1024_HNSW32,Flat", 10, 64) == 10 * (256 + 8) + 1024 * (4 * 64 + 8 * 32)
+    assert index_bytes("OPQ16,IVF256_HNSW16,PQ16x8", 10, 64) == 10 * 24 + 256 * (256 + 128) + 4 * 64 * 64
+    assert index_bytes("OPQ16_64,IVF256,SQ8", 10, 64) == 10 * 72 + 256 * 256 + 4 * 64 * 64
 
 
 def test_helpers():
     assert parse_bytes("2G") == 2 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes(1000) == 1000
     with pytest.raises(ValueError, match="2G, 512M"):
         parse_bytes("lots")
-    assert ivf_lists(1_000_000) == 4096 and ivf_lists(100_000) == 1024
+    assert ivf_lists(1_000_000) == 1024 and ivf_lists(100_000) == 256 and ivf_lists(10_000_000) == 4096
     assert (search_knob("HNSW32"), search_knob("OPQ16,IVF64,PQ16x8"), search_knob("Flat")) == ("efSearch", "nprobe", None)
 
 
@@ -147,6 +161,19 @@ def test_unreachable_target_warns(data):
         Index.build(X, factory="IVF16,PQ4x4", target_recall=0.99)
 
 
+def test_tuning_stops_where_recall_levels_off(data):
+    """Coarse 4-byte codes cap recall far below the target: scanning every list would only slow queries."""
+    X, _, Q = data
+    with pytest.warns(UserWarning, match="below the target"):
+        index = Index.build(X, factory="IVF64,PQ4x4", target_recall=0.99)
+    assert index.params["nprobe"] < 64
+    everything = Index.build(X, factory="IVF64,PQ4x4", params={"nprobe": 64})
+    exact = exact_search(X, Q, 10)[0][:, 9]
+    capped = knn_recall(X, Q, everything.search_positions(Q, 10)[1], exact)
+    rows = index.ids[index.search_positions(Q, 10)[1]]  # default ids are the rows of X
+    assert knn_recall(X, Q, rows, exact) >= capped - 0.02
+
+
 # --- persistence and fingerprints ------------------------------------------------------------------------------
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF32,Flat"])
 def test_save_load_round_trip_is_identical(data, tmp_path, factory):
@@ -181,7 +208,8 @@ def test_mismatched_fingerprint_is_refused(data, tmp_path):
 def test_load_refuses_changed_ids(data, tmp_path):
     X, ids, _ = data
     Index.build(X, ids, factory="Flat").save(tmp_path / "idx")
-    np.save(tmp_path / "idx" / "ids.npy", ids[::-1])
+    files = json.loads((tmp_path / "idx" / "index.json").read_text())["files"]
+    np.save(tmp_path / "idx" / files["ids"], ids[::-1])
     with pytest.raises(ValueError, match="ids.npy does not match"):
         Index.load(tmp_path / "idx")
     with pytest.raises(FileNotFoundError, match="index build"):
@@ -237,3 +265,144 @@ def test_image_paths_follow_the_dataset_kind(tmp_path):
     assert paths("filelist", "/data/list.csv", ["x.jpg", "sub/y.jpg", "/abs/z.jpg"])[2] == "/abs/z.jpg"
     assert paths("filelist", "/data/list.csv", ["x.jpg", "sub/y.jpg", "/abs/z.jpg"])[1] == "/data/sub/y.jpg"
     assert paths("npz", "/data/a.npz", ["0", "1", "2"]) is None
+
+
+# --- building chunk by chunk, from memory-mapped features -----------------------------------------------------
+def same_index(a: Index, b: Index, queries: np.ndarray) -> None:
+    """Same faiss bytes, ids, tuned parameters and answers."""
+    import faiss
+
+    np.testing.assert_array_equal(a.ids, b.ids)
+    assert a.params == b.params and a.tuned_recall == b.tuned_recall
+    np.testing.assert_array_equal(faiss.serialize_index(a.faiss_index), faiss.serialize_index(b.faiss_index))
+    for (ids_a, scores_a), (ids_b, scores_b) in zip(a.search(queries, 10), b.search(queries, 10)):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        np.testing.assert_array_equal(scores_a, scores_b)
+
+
+@pytest.fixture
+def saved(data, tmp_path):
+    """The data as a saved FeatureSet, loaded back memory-mapped as build reads it."""
+    X, ids, _ = data
+    FeatureSet(X, np.full(len(X), -1), ids, {"fingerprint": "fp-a"}).save(tmp_path / "fs")
+    return FeatureSet.load(tmp_path / "fs")
+
+
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "Flat", "IVF16,SQ8"])
+def test_chunked_build_from_a_memory_map_equals_the_in_memory_build(data, saved, monkeypatch, factory):
+    X, ids, Q = data
+    whole = Index.build(X, ids, factory=factory, target_recall=0.9, fingerprint="fp-a")
+    monkeypatch.setattr(index_module, "CHUNK_ROWS", 700)  # 5 chunks, the 300 held-out rows spread over them
+    assert isinstance(saved.features, np.memmap)
+    same_index(whole, Index.build(saved, factory=factory, target_recall=0.9), Q)
+    same_index(whole, Index.build(X, ids, factory=factory, target_recall=0.9), Q)
+
+
+def test_no_step_holds_all_rows_at_once(data, saved, monkeypatch):
+    """Every array normalised while building is a chunk, the training sample or the held-out queries, never X,
+    and a memory-mapped X is read through maps of one chunk each (their pages leave with them)."""
+    import faiss
+
+    monkeypatch.setattr(index_module, "CHUNK_ROWS", 500)
+    S, _ = exact_search(saved.features, data[2], 10)  # chunk by chunk equals one brute-force pass
+    np.testing.assert_allclose(S, faiss.knn(data[2], data[0], 10, metric=faiss.METRIC_INNER_PRODUCT)[0], atol=1e-6)
+    sizes, windows = [], []
+    real_unit_rows, real_window = index_module.unit_rows, index_module._window
+    monkeypatch.setattr(index_module, "unit_rows", lambda X, **kw: sizes.append(len(X)) or real_unit_rows(X, **kw))
+    monkeypatch.setattr(index_module, "_window", lambda X, a, b: windows.append(real_window(X, a, b)) or windows[-1])
+    index = Index.build(saved, factory="IVF16,Flat", target_recall=0.9)
+    assert len(index) == len(saved) and max(sizes) <= 40 * 16
+    assert max(map(len, windows)) == 500 and all(isinstance(w, np.memmap) and w.base is not None for w in windows)
+
+
+def test_a_bad_row_in_a_later_chunk_is_found(data, monkeypatch):
+    X, ids, _ = data
+    X = X.copy()
+    X[2500, 3] = np.inf
+    monkeypatch.setattr(index_module, "CHUNK_ROWS", 1000)
+    with pytest.raises(ValueError, match="NaN or inf in 1 rows"):
+        Index.build(X, ids, factory="Flat")
+    with pytest.raises(ValueError, match="ids must be unique; some are repeated"):
+        Index.build(data[0], np.r_[ids[:-1], ids[:1]], factory="Flat")
+
+
+# --- appending FeatureSets -------------------------------------------------------------------------------------
+def feature_set(X, ids, folder, fingerprint="fp-a"):
+    return FeatureSet(X, np.full(len(X), -1), np.asarray(ids), {"fingerprint": fingerprint, "backbone": "modelA",
+                                                                 "dataset": {"kind": "folder", "location": folder}})
+
+
+def test_add_features_appends_rows_ids_and_paths_with_the_trained_quantizer(data, tmp_path):
+    X, ids, Q = data
+    first = feature_set(X[:2000], ids[:2000], str(tmp_path / "a"))
+    index = Index.build(first, factory="IVF16,Flat", params={"nprobe": 16})
+    centroids = index.faiss_index.quantizer.reconstruct_n(0, 16)
+    index.add_features(feature_set(X[2000:], ids[2000:], str(tmp_path / "b")))
+    np.testing.assert_array_equal(index.faiss_index.quantizer.reconstruct_n(0, 16), centroids)
+    assert len(index) == 3000 and list(index.ids) == list(ids)
+    assert index.paths[2500] == str(tmp_path / "b" / ids[2500]) and len(index.roots) == 2
+    whole = Index.build(X, ids, factory="Flat")
+    assert [list(f) for f, _ in index.search(Q, 5)] == [list(f) for f, _ in whole.search(Q, 5)]  # nprobe = all
+    np.testing.assert_allclose(index.vectors(ids[2500:2502]), X[2500:2502], atol=1e-6)
+    with pytest.raises(ValueError, match="2 are already in the index"):
+        index.add_features(feature_set(X[:2], ids[:2], str(tmp_path)))
+    with pytest.raises(ValueError, match=r"backbone 'modelA' \(fingerprint fp-a\), not fp-b"):
+        index.add_features(feature_set(X[:2], ["new1", "new2"], str(tmp_path), "fp-b"))
+    with pytest.raises(ValueError, match="32 were expected"):
+        index.add_features(feature_set(np.ones((2, 7), np.float32), ["n1", "n2"], str(tmp_path)))
+
+
+def test_cli_index_add(data, tmp_path, capsys):
+    X, ids, Q = data
+    feature_set(X[:2000], ids[:2000], str(tmp_path / "a")).save(tmp_path / "first")
+    feature_set(X[2000:], ids[2000:], str(tmp_path / "b")).save(tmp_path / "second")
+    feature_set(X[:5], ids[:5], str(tmp_path / "a")).save(tmp_path / "repeat")
+    feature_set(X[:5], [f"x{i}" for i in range(5)], str(tmp_path / "a"), "fp-b").save(tmp_path / "other")
+    main(["index", "build", str(tmp_path / "first"), "--out", str(tmp_path / "idx"), "--index", "IVF16,Flat",
+          "--nprobe", "16"])
+    before = set((tmp_path / "idx").iterdir())
+    main(["index", "add", str(tmp_path / "idx"), str(tmp_path / "second")])
+    assert '"added": 1000' in capsys.readouterr().out
+    index = Index.load(tmp_path / "idx")
+    assert len(index) == 3000 and index.paths[-1] == str(tmp_path / "b" / ids[-1]) and index.params == {"nprobe": 16}
+    assert not before & set((tmp_path / "idx").iterdir()) - {tmp_path / "idx" / n for n in ("index.json", ".lock")}
+    kept = {p.name for p in (tmp_path / "idx").iterdir()} - {".lock"}  # .lock: index add's lock
+    assert len(kept) == 4  # index, ids, paths, manifest: the old files are gone
+    for argv, message in [
+        (["repeat"], "5 are already in the index"),
+        (["other"], "not fp-b"),
+        (["missing"], "no feature set in"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["index", "add", str(tmp_path / "idx"), str(tmp_path / argv[0])])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", "add", str(tmp_path / "nothing"), str(tmp_path / "second")])
+    assert exit_info.value.code == 2 and "index build" in capsys.readouterr().err
+    assert len(Index.load(tmp_path / "idx")) == 3000  # failed adds left the saved index as it was
+
+
+def test_two_index_adds_at_once_both_land(data, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    X, ids, _ = data
+    feature_set(X[:2000], ids[:2000], str(tmp_path / "a")).save(tmp_path / "first")
+    feature_set(X[2000:2500], ids[2000:2500], str(tmp_path / "b")).save(tmp_path / "left")
+    feature_set(X[2500:], ids[2500:], str(tmp_path / "c")).save(tmp_path / "right")
+    main(["index", "build", str(tmp_path / "first"), "--out", str(tmp_path / "idx"), "--index", "IVF16,Flat",
+          "--nprobe", "16"])
+    from zeroshot.cache import entry_lock
+
+    with entry_lock(tmp_path / "idx"):  # as if a third add were running: both must wait for it
+        procs = [subprocess.Popen([sys.executable, "-m", "zeroshot", "index", "add", str(tmp_path / "idx"),
+                                   str(tmp_path / part)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for part in ("left", "right")]
+        time.sleep(3)
+        assert all(proc.poll() is None for proc in procs), "an index add did not wait for the index's lock"
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    index = Index.load(tmp_path / "idx")
+    assert len(index) == 3000 and set(index.ids.tolist()) == set(np.asarray(ids).tolist())

@@ -1,6 +1,7 @@
-"""Retrieval commands: ``zeroshot index build``, ``zeroshot search`` and ``zeroshot serve``."""
+"""Retrieval commands: ``zeroshot index build``, ``zeroshot index add``, ``zeroshot search`` and ``zeroshot serve``."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -8,14 +9,24 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (add_model_args, backbone_from_args, check_at_least, check_exists, check_output, check_run_args,
-                      extract_from_args, open_data, report_failed)
+from .options import (
+    add_engine_args,
+    add_model_args,
+    backbone_from_args,
+    check_at_least,
+    check_exists,
+    check_output,
+    check_run_args,
+    extract_from_args,
+    open_data,
+    report_failed,
+)
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("index", help="FAISS indexes over image features")
-    build = p.add_subparsers(dest="index_command", required=True).add_parser(
-        "build", help="index images (any dataset kind) or a saved FeatureSet folder")
+    verbs = p.add_subparsers(dest="index_command", required=True)
+    build = verbs.add_parser("build", help="index images (any dataset kind) or a saved FeatureSet folder")
     build.add_argument("data", nargs="+", help="images: folder, .csv list, .npz, tar shards or files; or a FeatureSet "
                                                "folder written by `zeroshot extract --output`")
     build.add_argument("--out", required=True, help="index folder to write")
@@ -27,8 +38,15 @@ def add_commands(sub) -> None:
     build.add_argument("--nprobe", type=int, help="IVF lists searched (skips tuning)")
     build.add_argument("--ef-search", type=int, help="HNSW search breadth (skips tuning)")
     build.add_argument("--seed", type=int, default=0)
+    add_engine_args(build, workers_help="Ray tasks encoding row chunks at once (default: the cluster's CPUs); "
+                                        "--engine ray builds IVF and Flat indexes")
     add_model_args(build)
     build.set_defaults(func=cmd_index_build)
+
+    add = verbs.add_parser("add", help="append a saved FeatureSet (same backbone, new ids) to a saved index")
+    add.add_argument("index", help="index folder (from `zeroshot index build`), updated in place")
+    add.add_argument("features", help="FeatureSet folder written by `zeroshot extract --output`")
+    add.set_defaults(func=cmd_index_add)
 
     p = sub.add_parser("search", help="search an index by text, by image file or by indexed id")
     p.add_argument("index", help="index folder (from `zeroshot index build`)")
@@ -76,11 +94,29 @@ def cmd_index_build(args) -> None:
         report_failed(features)
     params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if value}
     index = Index.build(features, factory=args.index, max_memory=args.max_memory, target_recall=args.target_recall,
-                        params=params or None, seed=args.seed)
+                        params=params or None, seed=args.seed, engine=args.engine, address=args.address,
+                        num_workers=args.num_workers)
     index.save(args.out)
     print(json.dumps({"n": len(index), "dim": index.dim, "factory": index.factory, "params": index.params,
                       "tuned_recall@10": index.tuned_recall, "fingerprint": index.fingerprint,
-                      "images": index.paths is not None, "out": args.out,
+                      "images": index.paths is not None, "engine": args.engine, "out": args.out,
+                      "seconds": round(time.perf_counter() - start, 2)}, indent=1))
+
+
+def cmd_index_add(args) -> None:
+    from ..cache import entry_lock
+    from ..features import FeatureSet
+    from ..retrieval.index import Index
+
+    start = time.perf_counter()
+    folder = Path(args.index)
+    # two adds at once: the second waits, then adds to the first's result (a missing folder: load says so)
+    with entry_lock(folder) if folder.is_dir() else contextlib.nullcontext():
+        index = Index.load(args.index)
+        before = len(index)
+        index.add_features(FeatureSet.load(args.features)).save(args.index)
+    print(json.dumps({"added": len(index) - before, "n": len(index), "factory": index.factory,
+                      "fingerprint": index.fingerprint, "images": index.paths is not None, "out": args.index,
                       "seconds": round(time.perf_counter() - start, 2)}, indent=1))
 
 

@@ -1,33 +1,48 @@
 """Index: a faiss index over unit feature rows, searched by inner product (= cosine) and answering with ids.
 
-Follows ``../shared/methods/retrieval.md`` sections 1-4 and 6: every index is made with ``index_factory`` and
+Follows ``../shared/methods/retrieval.md`` sections 1-4, 6 and 7: every index is made with ``index_factory`` and
 ``METRIC_INNER_PRODUCT``; rows and queries are normalised; faiss positions are mapped to the caller's ids (never
-``-1``); a folder holds ``index.faiss`` (``faiss.write_index``), ``ids.npy``/``paths.npy`` (no pickle) and an
-``index.json`` manifest, and an index refuses queries from another backbone fingerprint.
+``-1``); a folder holds the faiss index (``faiss.write_index``), ids and image paths as ``.npy`` (no pickle) and an
+``index.json`` manifest naming them, and an index refuses queries from another backbone fingerprint.
+
+Rows are never copied as a whole: training reads a seeded sample, and adding, exact search and tuning read the
+matrix ``CHUNK_ROWS`` rows at a time, so a FeatureSet larger than memory (a memory-mapped ``features.npy``) can be
+indexed (section 7). With ``engine="ray"`` the chunks are encoded by parallel Ray tasks (:mod:`zeroshot.engines.index`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
+import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..backbone import check_fingerprint
-from ..features import FeatureSet, atomic_save_npy, atomic_write_json, load_npy, unit_rows
+from ..features import (
+    FeatureSet,
+    atomic_save_npy,
+    atomic_write_json,
+    check_features,
+    load_npy,
+    unit_rows,
+)
 
 MANIFEST = "index.json"
-INDEX_FILE = "index.faiss"
 FORMAT_VERSION = 1
 FLAT_LIMIT = 200_000  # auto: exact search up to this many rows (no training, fast enough on a CPU)
-TRAIN_PER_LIST = 50  # IVF training rows per list: above faiss's 39 warning, below autofaiss's 100 (CPU minutes)
+TRAIN_PER_LIST = 40  # IVF training rows per list: just above faiss's 39 warning (autofaiss: up to 100; CPU minutes)
 MIN_TRAIN_PER_LIST = 39  # faiss warns below this many training rows per IVF list
+KMEANS_ITERATIONS = 10  # k-means iterations for the coarse quantizer (faiss's IVF default)
+CHUNK_ROWS = 65_536  # rows read, checked and added at a time: 96 MiB of float32 at D = 384
 TUNE_QUERIES = 500  # rows held out of the index while they tune nprobe / efSearch as queries
 TUNE_MARGIN = 0.01  # tune to target + margin so that other queries, a different sample, still meet the target
+TUNE_PLATEAU = 0.001  # a doubled nprobe / efSearch that gains less recall than this means recall has levelled off
 PQ_SIZES = (256, 128, 96, 64, 48, 32, 24, 16, 8, 4)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -43,53 +58,69 @@ def parse_bytes(size: int | str) -> int:
 
 
 def ivf_lists(n: int) -> int:
-    """nlist = 2^round(log2(4 sqrt(N))) (autofaiss), at least 1."""
-    return max(1, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))
+    """nlist = 2^round(log2(sqrt(N))), at least 1: a quarter of autofaiss's 4 sqrt(N) (see :func:`choose_factory`)."""
+    return max(1, 2 ** round(math.log2(math.sqrt(max(n, 1)))))
 
 
 def index_bytes(factory: str, n: int, d: int) -> int | None:
     """Estimated memory of ``n`` rows of width ``d`` in an index_factory string (retrieval.md section 2 table);
-    None for strings the table does not cover."""
+    None for strings the table does not cover. An ``IVF{nlist}_HNSW{M}`` coarse quantizer holds its nlist
+    centroids as an HNSW graph (4D + 8M bytes each, like ``HNSW{M}`` rows)."""
     f = factory.replace(" ", "")
     if f == "Flat":
         return 4 * d * n
     if m := re.fullmatch(r"HNSW(\d+)(?:,Flat)?", f):
         return (4 * d + 8 * int(m.group(1))) * n
-    m = re.fullmatch(r"(?:OPQ(\d+)(?:_\d+)?,)?IVF(\d+),(Flat|SQ8|PQ(\d+)(?:x8)?)", f)
+    m = re.fullmatch(r"(?:OPQ(\d+)(?:_\d+)?,)?IVF(\d+)(?:_HNSW(\d+))?,(Flat|SQ8|PQ(\d+)(?:x8)?)", f)
     if not m:
         return None
-    per_row = {"Flat": 4 * d, "SQ8": d}.get(m.group(3)) or int(m.group(4) or 0)
+    per_row = {"Flat": 4 * d, "SQ8": d}.get(m.group(4)) or int(m.group(5) or 0)
     rotation = 4 * d * d if m.group(1) else 0
-    return (per_row + 8) * n + 4 * d * int(m.group(2)) + rotation
+    quantizer = int(m.group(2)) * (4 * d + 8 * int(m.group(3) or 0))
+    return (per_row + 8) * n + quantizer + rotation
 
 
 def choose_factory(n: int, d: int, max_memory: int | str = "2G") -> str:
     """The ``auto`` rule: exact search while it is cheap, then the least compressed IVF index that fits
-    ``max_memory`` (retrieval.md section 3, with one deliberate deviation from autofaiss, below).
+    ``max_memory`` (retrieval.md section 3, with deliberate deviations from autofaiss, below).
 
     1. ``Flat`` (exact) while N <= 200,000 and 4*D*N bytes fit.
     2. ``IVF{nlist},Flat`` (4D + 8 bytes per row), then ``IVF{nlist},SQ8`` (D + 8), the first that fits, with
-       nlist = 2^round(log2(4 sqrt N)) (autofaiss's formula).
-    3. ``OPQ{m},IVF{nlist},PQ{m}x8`` with the largest m in 256..4 that divides D and fits (m + 8 bytes per row).
-    The search knob (nprobe) is then tuned to a target recall by :meth:`Index.build`.
+       nlist = 2^round(log2(sqrt N)) (:func:`ivf_lists`).
+    3. ``IVF{nlist},PQ{m}x8`` with the largest m in 256..4 that divides D and fits (m + 8 bytes per row).
+    The search knob (nprobe) is then tuned to a target recall by :meth:`Index.build`; training
+    (:meth:`Index.train`) uses 40 sampled rows per list.
+
+    Why sqrt(N) lists, not autofaiss's 4 sqrt(N) (or its 16,384+ above 1M rows): on a CPU the build is
+    dominated by comparing every training row (k-means) and every added row with all nlist centroids, so it
+    grows with nlist, while a query compares with nlist centroids plus nprobe * N / nlist rows, which sqrt(N)
+    lists keep small for the small nprobe that tuning finds. Measured on 1,000,000 clustered rows (D = 384,
+    2 shared cores, ``scripts/bench_index.py --builds old,auto``; model_zoo.md) the old ``IVF4096,Flat`` (50
+    training rows per list) built in 179.9 s, tuned to nprobe 4, recall@10 0.982, 7,315 queries/s, and
+    ``IVF1024,Flat`` in 36.9 s, nprobe 1, recall@10 0.979, 9,259 queries/s. An ``IVF{nlist}_HNSW32`` coarse
+    quantizer (autofaiss's choice for large nlist) did not help on these cores: adding 100k rows took 34 s through it against 21 s
+    with the flat quantizer at nlist = 16,384, and with its default efSearch it capped recall@10 at 0.96 at
+    nlist = 4,096 (flat: 1.0), so ``auto`` does not use it; ``index_bytes`` and the Ray engine accept such strings
+    given by name.
 
     Deviations from autofaiss: it prefers ``HNSW{M}`` whenever M = (budget/N - 4D)/8 >= 8. Measured here
     (``scripts/bench_index.py``: 1,000,000 clustered rows, D = 384, 2 shared cores) HNSW32 took 3.5x longer to
     build than IVF4096,Flat (2,057 s vs 584 s), needs 8M more bytes per row, and needed efSearch 6,533 for
     recall@10 0.95 (7 queries/s, slower than exact search: greedy graph search does not cross between
     well-separated clusters), where IVF reached 1.0 at nprobe 32 (344 queries/s). So ``auto`` never picks HNSW;
-    ask for ``HNSW32`` by name where it suits the data. The OPQ rotation keeps
-    D (no ``_{d'}`` reduction), the coarse quantizer stays flat, and nlist follows the same formula at every N
-    (autofaiss jumps to 16,384+ above 1M rows, whose training takes hours on a 2-core CPU).
+    ask for ``HNSW32`` by name where it suits the data. Nor does ``auto`` put autofaiss's OPQ rotation before PQ:
+    training ``OPQ128`` for D = 384 took 77 s for 2 of its 50 iterations on one core (65,536 training rows,
+    faiss 1.15.1, its first-iteration PQ rounds cut from 40 to 4; 214 s on 2 busy cores), so about half an hour
+    in all; ask for ``OPQ{m},IVF{nlist},PQ{m}x8`` by name where the rotation pays (anisotropic features).
     """
     if n < 1 or d < 1:
         raise ValueError(f"cannot index {n} rows of width {d}")
     budget = parse_bytes(max_memory)
     if n <= FLAT_LIMIT and index_bytes("Flat", n, d) <= budget:
         return "Flat"
-    nlist = ivf_lists(n)
-    candidates = [f"IVF{nlist},Flat", f"IVF{nlist},SQ8"]
-    candidates += [f"OPQ{pq},IVF{nlist},PQ{pq}x8" for pq in PQ_SIZES if pq < d and d % pq == 0]
+    coarse = f"IVF{ivf_lists(n)}"
+    candidates = [f"{coarse},Flat", f"{coarse},SQ8"]
+    candidates += [f"{coarse},PQ{pq}x8" for pq in PQ_SIZES if pq < d and d % pq == 0]
     for factory in candidates:
         if index_bytes(factory, n, d) <= budget:
             return factory
@@ -149,24 +180,136 @@ def search_knob(factory: str) -> str | None:
     return None
 
 
-def exact_search(X, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force (similarities, positions) of the k most similar rows of X, best first (the reference)."""
+def feature_rows(X, *, dim: int | None = None) -> np.ndarray:
+    """X checked as a feature matrix (2-D floats, ``dim`` wide; finiteness is checked per chunk as rows are
+    read) and kept as it is: a float32 memory map stays one (``check_features`` would make it a plain view), so
+    that its rows are read through :func:`_window`."""
+    checked = check_features(X, dim=dim, finite=False)
+    return X if isinstance(X, np.memmap) and X.dtype == checked.dtype else checked
+
+
+def row_chunks(n: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive ``CHUNK_ROWS``-row pieces of ``n`` rows: the unit of reading and adding."""
+    return [(start, min(n, start + CHUNK_ROWS)) for start in range(0, n, CHUNK_ROWS)]
+
+
+def mapped_file(X: np.ndarray) -> tuple[str, int] | None:
+    """(path, byte offset of row 0) when X is a whole ``.npy`` file mapped by ``np.load(mmap_mode='r')`` (a
+    FeatureSet's features), else None. Its rows are then read through short-lived maps of their own: pages read
+    through X's own map stay resident, and count as this process's memory (RSS), for as long as X lives."""
+    if isinstance(X, np.memmap) and isinstance(X.base, mmap.mmap) and X.flags.c_contiguous and X.filename:
+        return str(X.filename), int(X.offset)
+    return None
+
+
+def _window(X: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of X without a copy: a slice, or for a mapped file a map of just those rows, unmapped
+    with its pages when the caller lets go of it."""
+    source = mapped_file(X)
+    if source is None:
+        return X[start:stop]
+    path, offset = source
+    return np.memmap(path, X.dtype, "r", offset=offset + start * X.strides[0], shape=(stop - start, X.shape[1]))
+
+
+def read_rows(X: np.ndarray, start: int, stop: int, *, skip=()) -> np.ndarray:
+    """Rows [start, stop) of X less the (absolute, sorted) rows ``skip``, checked and normalised (``unit_rows``):
+    one chunk's worth of memory however large X is."""
+    rows = unit_rows(_window(X, start, stop), dim=X.shape[1])
+    return np.delete(rows, np.asarray(skip, dtype=np.int64) - start, axis=0) if len(skip) else rows
+
+
+def gather_rows(X: np.ndarray, rows) -> np.ndarray:
+    """Float32 copy of X's ``rows`` (any order, repeats allowed), read chunk by chunk through :func:`_window`, so
+    that a sample of a mapped file touches only the pages that hold it."""
+    wanted, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+    out = np.empty((len(wanted), X.shape[1]), np.float32)
+    for start, stop in row_chunks(len(X)):
+        first, last = np.searchsorted(wanted, [start, stop])
+        if first < last:
+            out[first:last] = _window(X, start, stop)[wanted[first:last] - start]
+    return out[inverse.ravel()]
+
+
+def seeded_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """``size`` distinct rows of ``n`` (all when size >= n), sorted, drawn with ``seed``."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def chunk_plan(n: int, held: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """``(start, stop, skip)`` per chunk: rows [start, stop) of X are added less ``skip``, the held-out rows in them
+    (which join the index last, after tuning). The same plan drives the local and the Ray engine."""
+    cuts = np.searchsorted(held, [stop for _, stop in row_chunks(n)])
+    return [(start, stop, held[a:b]) for (start, stop), a, b in zip(row_chunks(n), np.r_[0, cuts[:-1]], cuts)]
+
+
+def chunk_neighbours(queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (similarities, positions in ``rows``) of ``queries`` among one chunk's rows (k or fewer)."""
     import faiss
 
-    X, Q = unit_rows(X), unit_rows(queries, dim=np.shape(X)[1], name="queries")
-    return faiss.knn(Q, X, min(k, len(X)), metric=faiss.METRIC_INNER_PRODUCT)
+    if not len(queries) or not len(rows):
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    return faiss.knn(queries, rows, min(k, len(rows)), metric=faiss.METRIC_INNER_PRODUCT)
 
 
-def knn_recall(X, queries, found: np.ndarray, kth_exact: np.ndarray) -> float:
+def add_chunk(faiss_index, X: np.ndarray, start: int, stop: int, skip: np.ndarray, queries: np.ndarray,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Add rows [start, stop) of X less ``skip`` to ``faiss_index``; return the exact top-k of ``queries`` among
+    them (:func:`chunk_neighbours`), so that one read of the rows serves both adding and the exact search that
+    tuning needs."""
+    rows = read_rows(X, start, stop, skip=skip)
+    faiss_index.add(rows)
+    return chunk_neighbours(queries, rows, k)
+
+
+def exact_search(X, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force (similarities, positions) of the k most similar rows of X, best first (the reference), chunk
+    by chunk, so that X may be larger than memory."""
+    import faiss
+
+    X = feature_rows(X)
+    Q = unit_rows(queries, dim=X.shape[1], name="queries")
+    top = TopK(len(Q), min(check_k(k), len(X)))
+    for start, stop in row_chunks(len(X)):
+        top.add(*faiss.knn(Q, read_rows(X, start, stop), min(k, stop - start), metric=faiss.METRIC_INNER_PRODUCT),
+                offset=start)
+    return top.result()
+
+
+class TopK:
+    """The running k largest similarities (and their positions) per query over results that arrive in pieces:
+    ``faiss.ResultHeap`` keeping maxima."""
+
+    def __init__(self, nq: int, k: int):
+        import faiss
+
+        self.heap = faiss.ResultHeap(nq, k, keep_max=True)
+
+    def add(self, sims: np.ndarray, positions: np.ndarray, *, offset: int = 0) -> None:
+        """Merge one piece's results, its positions shifted by ``offset`` (the rows before the piece)."""
+        if sims.shape[1]:
+            self.heap.add_result(sims, positions + offset)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, positions), best first."""
+        self.heap.finalize()
+        return self.heap.D, self.heap.I
+
+
+def knn_recall(X, queries, found: np.ndarray, kth_exact: np.ndarray, *, rows: np.ndarray | None = None) -> float:
     """k-recall@k of positions ``found`` (nq, k; -1 = missing) against exact search (retrieval.md section 4).
 
     A hit counts when its exact similarity reaches the k-th exact similarity (less 1e-6), so tied rows do not
-    make exact search score below 1. ``kth_exact`` is ``exact_search(X, queries, k)[0][:, k - 1]``.
+    make exact search score below 1. ``kth_exact`` is ``exact_search(X, queries, k)[0][:, k - 1]``. ``rows``
+    maps index positions to rows of X where the index holds X's rows in another order.
     """
-    found = np.asarray(found)
-    Q = unit_rows(queries, dim=np.shape(X)[1], name="queries")
-    rows = np.asarray(X[np.maximum(found, 0).ravel()], dtype=np.float32).reshape(*found.shape, -1)
-    sims = np.einsum("qd,qkd->qk", Q, rows)
+    found, X = np.asarray(found), feature_rows(X)
+    Q = unit_rows(queries, dim=X.shape[1], name="queries")
+    positions = np.maximum(found, 0).ravel()
+    vectors = gather_rows(X, positions if rows is None else rows[positions]).reshape(*found.shape, -1)
+    sims = np.einsum("qd,qkd->qk", Q, vectors)
     hits = (found >= 0) & (sims >= np.asarray(kth_exact)[:, None] - 1e-6)
     return float(hits.mean())
 
@@ -195,11 +338,27 @@ def image_paths(features: FeatureSet) -> np.ndarray | None:
     return np.array([str((base / str(i)).absolute()) for i in features.ids])
 
 
-def _ids_array(ids) -> np.ndarray:
+def _ids_array(ids, n: int) -> np.ndarray:
+    """``n`` ids as int64 or str, checked to be unique among themselves (one sort)."""
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"ids must be a 1-D sequence, got shape {ids.shape}")
-    return ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+    if len(ids) != n:
+        raise ValueError(f"{n} rows but {len(ids)} ids")
+    ids = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("ids must be unique; some are repeated")
+    return ids
+
+
+def _paths_array(paths, n: int) -> np.ndarray | None:
+    """Absolute image paths for ``n`` rows, or None."""
+    if paths is None:
+        return None
+    paths = np.asarray([str(Path(p).absolute()) for p in paths])
+    if len(paths) != n:
+        raise ValueError(f"{n} rows but {len(paths)} paths")
+    return paths
 
 
 def _digest(ids: np.ndarray) -> str:
@@ -210,7 +369,8 @@ class Index:
     """A faiss index over unit rows with ids (str or int), optional image paths, and a backbone fingerprint.
 
     ``Index.build(features)`` is the usual way in (choose, train, add, tune); ``train``/``add``/``set_params``
-    give the steps one by one. ``search`` returns, per query, ``(ids, scores)`` sorted by descending cosine.
+    give the steps one by one, ``add_features`` appends a FeatureSet. ``search`` returns, per query,
+    ``(ids, scores)`` sorted by descending cosine.
     """
 
     def __init__(self, dim: int, factory: str = "Flat", *, fingerprint: str | None = None,
@@ -237,13 +397,22 @@ class Index:
     @classmethod
     def build(cls, features, ids=None, *, factory: str = "auto", fingerprint: str | None = None, paths=None,
               max_memory: int | str = "2G", target_recall: float = 0.95, params: dict | None = None, k: int = 10,
-              seed: int = 0) -> "Index":
+              seed: int = 0, train_per_list: int = TRAIN_PER_LIST, engine: str = "local",
+              address: str | None = None, num_workers: int | None = None) -> "Index":
         """Index a FeatureSet (its ids, fingerprint and image paths come along) or an (N, D) array with ``ids``.
 
-        ``factory``: ``auto`` (:func:`choose_factory`) or any index_factory string. Unless ``params`` is given,
-        the search knob of an approximate index is tuned until k-recall@k reaches ``target_recall`` (:meth:`tune`)
-        on up to 500 seeded rows that are added last, after tuning, so that they are held-out queries meanwhile.
+        ``factory``: ``auto`` (:func:`choose_factory`) or any index_factory string. Training reads a seeded sample
+        (:meth:`train`); the rows are then read, checked and added ``CHUNK_ROWS`` at a time, so a memory-mapped
+        matrix larger than memory is never copied whole. Unless ``params`` is given, the search knob of an
+        approximate index is tuned until k-recall@k reaches ``target_recall`` (:meth:`tune`) on up to 500 seeded
+        rows that are added last, after tuning, so that they are held-out queries meanwhile; their exact
+        neighbours are found in the same pass over the chunks. ``engine="ray"`` encodes the chunks on Ray tasks
+        (``address``: an existing cluster, else a local one; ``num_workers``: tasks at once) and merges them in
+        order: the same index as the local engine.
         """
+        from ..engines.session import check_engine
+
+        check_engine(engine)
         backbone = None
         if isinstance(features, FeatureSet):
             ids = features.ids if ids is None else ids
@@ -251,71 +420,105 @@ class Index:
             paths = image_paths(features) if paths is None else paths
             backbone = features.meta.get("backbone")
             features = features.features
-        X = unit_rows(features)
+        X = feature_rows(features)
+        n, d = X.shape
         if factory == "auto":
-            factory = choose_factory(*X.shape, max_memory)
-        check_factory(factory, *X.shape)
-        index = cls(X.shape[1], factory, fingerprint=fingerprint, backbone=backbone)
-        index.train(X, seed=seed)
-        ids = _ids_array(np.arange(len(X)) if ids is None else ids)
-        paths = None if paths is None else np.asarray(paths)
-        if params or search_knob(factory) is None:
-            index.add(X, ids, paths=paths)
-            return index.set_params(**(params or {}))
-        held = np.sort(np.random.default_rng(seed).choice(len(X), min(TUNE_QUERIES, len(X) // 10), replace=False))
-        rest = np.setdiff1d(np.arange(len(X)), held)
-        for rows in (rest, held):  # the tuning queries join the index last: held out while they tune it
-            index.add(X[rows], ids[rows], paths=None if paths is None else paths[rows])
-            if rows is rest:
-                index.tune(X[rest], X[held], target_recall=target_recall, k=k)
-        return index
+            factory = choose_factory(n, d, max_memory)
+        check_factory(factory, n, d)
+        ids, paths = _ids_array(np.arange(n) if ids is None else ids, n), _paths_array(paths, n)
+        index = cls(d, factory, fingerprint=fingerprint, backbone=backbone)
+        if engine == "ray":
+            from ..engines.index import check_mergeable
 
-    def train(self, X, *, seed: int = 0) -> "Index":
-        """Train IVF/PQ parts on a seeded sample of ``X`` (50 rows per list); a no-op for Flat and HNSW."""
+            check_mergeable(index.faiss_index, factory)
+        index.train(X, seed=seed, per_list=train_per_list)
+        tuning = not params and search_knob(factory) is not None
+        held = seeded_rows(n, min(TUNE_QUERIES, n // 10), seed) if tuning else np.zeros(0, np.int64)
+        queries = unit_rows(gather_rows(X, held), dim=d)
+        k = min(check_k(k), n - len(held))
+        exact = index._add_chunks(X, chunk_plan(n, held), queries, k, engine=engine, address=address,
+                                  num_workers=num_workers)
+        order = np.concatenate([np.setdiff1d(np.arange(n), held), held])  # faiss position -> row of X
+        if tuning:
+            index._tune(X, queries, exact[:, k - 1], k=k, target_recall=target_recall, rows=order)
+        index.faiss_index.add(queries)  # the tuning queries join the index last: held out while they tuned it
+        index._append(ids[order], None if paths is None else paths[order])
+        return index.set_params(**(params or {}))
+
+    def train(self, X, *, seed: int = 0, per_list: int = TRAIN_PER_LIST) -> "Index":
+        """Train IVF/PQ parts on ``per_list`` seeded rows per list (or per PQ centroid) of ``X``, gathered rather
+        than copied whole, with ``KMEANS_ITERATIONS`` k-means iterations; a no-op for Flat and HNSW."""
         import faiss
 
         if self.faiss_index.is_trained:
             return self
-        X = unit_rows(X, dim=self.dim)
+        X = feature_rows(X, dim=self.dim)
         ivf = faiss.try_extract_index_ivf(self.faiss_index)
-        wanted = TRAIN_PER_LIST * (ivf.nlist if ivf is not None else 256)
-        if len(X) > wanted:
-            X = X[np.sort(np.random.default_rng(seed).choice(len(X), wanted, replace=False))]
-        self.faiss_index.train(X)
+        if ivf is not None:
+            ivf.cp.niter = KMEANS_ITERATIONS
+        rows = seeded_rows(len(X), per_list * (ivf.nlist if ivf is not None else 256), seed)
+        self.faiss_index.train(unit_rows(gather_rows(X, rows), dim=self.dim))
         return self
 
     def add(self, X, ids, *, paths=None) -> "Index":
-        """Append rows with their (unique) ids and, optionally, the image file each came from."""
-        import faiss
-
-        X = unit_rows(X, dim=self.dim)
-        ids = _ids_array(ids)
-        if len(ids) != len(X):
-            raise ValueError(f"{len(X)} rows but {len(ids)} ids")
+        """Append rows (an array or a memory-mapped matrix, read chunk by chunk) with their ids, unique and new
+        to the index (one sort, not per chunk), and, optionally, the image file each came from."""
+        X = feature_rows(X, dim=self.dim)
+        ids, paths = _ids_array(ids, len(X)), _paths_array(paths, len(X))
         if len(self.ids) and ids.dtype.kind != self.ids.dtype.kind:
             raise ValueError(f"ids must all be {'integers' if self.ids.dtype.kind == 'i' else 'strings'}, like the "
                              "ids already in the index")
-        merged = np.concatenate([self.ids, ids]) if len(self.ids) else ids
-        if len(np.unique(merged)) != len(merged):
-            raise ValueError("ids must be unique; some are repeated or already in the index")
+        known = np.isin(ids, self.ids)
+        if known.any():
+            raise ValueError(f"ids must be unique; {np.count_nonzero(known)} are already in the index, e.g. "
+                             f"{ids[known][:3].tolist()}")
         if not self.faiss_index.is_trained:
             raise ValueError(f"{self.factory} must be trained before adding rows: call train(X) or use Index.build")
-        if paths is not None:
-            paths = np.asarray([str(Path(p).absolute()) for p in paths])
-            if len(paths) != len(X):
-                raise ValueError(f"{len(X)} rows but {len(paths)} paths")
-            root = str(Path(os.path.commonpath(list(paths))).resolve()) if len(paths) else None
-            if root and root not in self.roots:
+        self._add_chunks(X, chunk_plan(len(X), np.zeros(0, np.int64)), np.zeros((0, self.dim), np.float32), 1)
+        self._append(ids, paths)
+        return self
+
+    def add_features(self, features: FeatureSet) -> "Index":
+        """Append a FeatureSet from the same backbone (fingerprint checked) with its ids, which must be new to the
+        index, and its image paths; the trained quantiser is reused as it is."""
+        if not isinstance(features, FeatureSet):
+            raise TypeError(f"add_features takes a FeatureSet, got {type(features).__name__}; use add(X, ids)")
+        check_fingerprint(self.fingerprint, features.fingerprint, "this index", "add features made by the model "
+                          "the index was built from, or build a new index", name=self.backbone)
+        return self.add(features.features, features.ids, paths=image_paths(features))
+
+    def _add_chunks(self, X: np.ndarray, plan: list, queries: np.ndarray, k: int, *, engine: str = "local",
+                    address: str | None = None, num_workers: int | None = None) -> np.ndarray:
+        """Add X's rows chunk by chunk per ``plan`` (:func:`chunk_plan`), here or on Ray; return the exact top-k
+        similarities of ``queries`` among the rows added, best first."""
+        if engine == "ray":
+            from ..engines.index import add_chunks_on_ray
+
+            found = add_chunks_on_ray(self.faiss_index, X, plan, queries, k, address=address, num_workers=num_workers)
+        else:
+            found = (add_chunk(self.faiss_index, X, start, stop, skip, queries, k) for start, stop, skip in plan)
+        top, added = TopK(len(queries), k), 0
+        for (sims, positions), (start, stop, skip) in zip(found, plan):  # found first: it runs to its end
+            top.add(sims, positions, offset=added)
+            added += stop - start - len(skip)
+        return top.result()[0]
+
+    def _append(self, ids: np.ndarray, paths: np.ndarray | None) -> None:
+        """Record the ids and image paths of rows just added to the faiss index, in the order they were added."""
+        import faiss
+
+        if paths is not None and len(paths):
+            root = str(Path(os.path.commonpath(list(paths))).resolve())
+            if root not in self.roots:
                 self.roots.append(root)
         if paths is not None or self.paths is not None:
-            old = self.paths if self.paths is not None else np.full(len(self), "")
-            self.paths = np.concatenate([old, paths if paths is not None else np.full(len(X), "")])
-        self.faiss_index.add(X)
+            old = self.paths if self.paths is not None else np.full(len(self.ids), "")
+            self.paths = np.concatenate([old, paths if paths is not None else np.full(len(ids), "")])
+        self.ids = np.concatenate([self.ids, ids]) if len(self.ids) else ids
+        self._positions = None
         ivf = faiss.try_extract_index_ivf(self.faiss_index)
         if ivf is not None:
-            ivf.make_direct_map()  # lets vectors() reconstruct rows for image-by-id queries
-        self.ids, self._positions = merged, None
-        return self
+            ivf.make_direct_map()  # lets vectors() reconstruct rows for image-by-id queries; kept up by later adds
 
     def set_params(self, **params: float) -> "Index":
         """Set search-time parameters, e.g. ``nprobe=32`` or ``efSearch=128`` (through any wrapper)."""
@@ -333,24 +536,32 @@ class Index:
     def tune(self, X, queries, *, target_recall: float = 0.95, k: int = 10) -> float:
         """Smallest nprobe / efSearch whose k-recall@k on ``queries`` (rows not in the index) reaches
         ``target_recall`` + 0.01, found by doubling then bisection. ``X`` must be the rows this index holds, in
-        order; with fewer than 10 queries the knob is set to exhaustive search. Returns the measured recall and
-        warns when even the largest setting falls short. (Database rows are not used as queries: HNSW finds
-        their neighbours through the row's own edges, which overstates its recall several-fold.)"""
-        knob = search_knob(self.factory)
-        if knob is None:
+        order (read chunk by chunk); with fewer than 10 queries the knob is set to exhaustive search. Returns the
+        measured recall and warns when the target is out of reach: when even the largest setting falls short, or
+        when doubling the knob gains less than 0.001 (a PQ index's codes cap its recall, and scanning more lists
+        would only slow every query; the smaller setting is kept). (Database rows are not used as
+        queries: HNSW finds their neighbours through the row's own edges, which overstates its recall
+        several-fold.)"""
+        if search_knob(self.factory) is None:
             return 1.0
+        X = feature_rows(X, dim=self.dim)
         if len(X) != len(self):
             raise ValueError(f"tune() needs the {len(self)} rows the index holds, got {len(X)}")
-        X, Q, top = unit_rows(X, dim=self.dim), unit_rows(queries, dim=self.dim, name="queries"), self._knob_limit(knob)
-        k = min(check_k(k), len(X))
+        Q, k = unit_rows(queries, dim=self.dim, name="queries"), min(check_k(k), len(X))
+        return self._tune(X, Q, exact_search(X, Q, k)[0][:, k - 1], k=k, target_recall=target_recall)
+
+    def _tune(self, X: np.ndarray, Q: np.ndarray, kth: np.ndarray, *, k: int, target_recall: float,
+              rows: np.ndarray | None = None) -> float:
+        """:meth:`tune` given the k-th exact similarity of each query; ``rows`` maps faiss positions to X's rows."""
+        knob = search_knob(self.factory)
+        top = self._knob_limit(knob)
         if len(Q) < 10:
             self.set_params(**{knob: top})
             return 1.0
-        kth = exact_search(X, Q, k)[0][:, k - 1]
 
         def recall(value: int) -> float:
             self.set_params(**{knob: value})
-            return knn_recall(X, Q, self.faiss_index.search(Q, k)[1], kth)
+            return knn_recall(X, Q, self.faiss_index.search(Q, k)[1], kth, rows=rows)
 
         goal = min(target_recall + TUNE_MARGIN, 1.0)
         low, high = 0, min(16, top)
@@ -358,6 +569,9 @@ class Index:
         while measured[high] < goal and high < top:
             low, high = high, min(high * 2, top)
             measured[high] = recall(high)
+            if measured[high] < measured[low] + TUNE_PLATEAU:  # the codes, not the knob, cap recall: stop there
+                high = low
+                break
         while high - low > 1 and measured[high] >= goal:  # bisect between the last miss and the first hit
             mid = (low + high) // 2
             measured[mid] = recall(mid)
@@ -366,7 +580,7 @@ class Index:
         self.tuned_recall = measured[high]
         if self.tuned_recall < target_recall:
             warnings.warn(f"{self.factory}: recall@{k} {self.tuned_recall:.3f} at {knob}={high} is below the target "
-                          f"{target_recall}; choose a larger index (more memory) or lower the target", stacklevel=2)
+                          f"{target_recall}; choose a larger index (more memory) or lower the target", stacklevel=3)
         return self.tuned_recall
 
     def _knob_limit(self, knob: str) -> int:
@@ -419,24 +633,30 @@ class Index:
 
     # --- persistence ----------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``index.faiss``, ``ids.npy``, ``paths.npy`` (if any) and the ``index.json`` manifest."""
+        """Write the faiss index, ``ids.npy`` and ``paths.npy`` (if any) under names new to the folder, then the
+        ``index.json`` manifest that names them: replacing the manifest is one atomic rename, so a reader or a
+        crash sees the previous index or this one whole, never a mix. The previous index's files go last."""
         import faiss
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (INDEX_FILE + ".tmp")
-        faiss.write_index(self.faiss_index, str(tmp))
-        os.replace(tmp, folder / INDEX_FILE)
-        atomic_save_npy(folder / "ids.npy", self.ids)
+        previous = (json.loads((folder / MANIFEST).read_text()).get("files", {}) if (folder / MANIFEST).is_file()
+                    else {})
+        tag = uuid.uuid4().hex[:8]
+        files = {"index": f"index-{tag}.faiss", "ids": f"ids-{tag}.npy",
+                 "paths": f"paths-{tag}.npy" if self.paths is not None else None}
+        faiss.write_index(self.faiss_index, str(folder / files["index"]))
+        atomic_save_npy(folder / files["ids"], self.ids)
         if self.paths is not None:
-            atomic_save_npy(folder / "paths.npy", self.paths)
+            atomic_save_npy(folder / files["paths"], self.paths)
         atomic_write_json(folder / MANIFEST, {
             "version": FORMAT_VERSION, "factory": self.factory, "metric": "inner_product", "normalised": True,
             "dim": self.dim, "n": len(self), "fingerprint": self.fingerprint, "backbone": self.backbone,
             "params": self.params, "tuned_recall": self.tuned_recall, "faiss_version": faiss.__version__,
-            "ids_sha256": _digest(self.ids), "roots": self.roots,
-            "files": {"index": INDEX_FILE, "ids": "ids.npy", "paths": "paths.npy" if self.paths is not None else None},
+            "ids_sha256": _digest(self.ids), "roots": self.roots, "files": files,
         })
+        for name in set(previous.values()) - set(files.values()) - {None}:
+            (folder / name).unlink(missing_ok=True)
         return folder
 
     @classmethod
