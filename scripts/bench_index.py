@@ -111,9 +111,8 @@ def flickr(args) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="100000,1000000")
+def add_synthetic_args(parser: argparse.ArgumentParser) -> None:
+    """The options of the synthetic benchmark data and its index (shared with bench_index_large.py)."""
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--noise", type=float, default=1.0)
@@ -123,6 +122,12 @@ def main() -> None:
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000")
+    add_synthetic_args(parser)
     parser.add_argument("--model", default="default")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--cache-dir", default=None)

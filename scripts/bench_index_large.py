@@ -23,7 +23,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from bench_index import clustered
+from bench_index import add_synthetic_args, clustered
 
 from zeroshot import FeatureSet, Index
 from zeroshot.cache import atomic_write_json
@@ -70,15 +70,7 @@ def measure(index: Index, features: FeatureSet, queries: np.ndarray, kth: np.nda
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--noise", type=float, default=1.0)
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--max-memory", default="2G")
-    parser.add_argument("--target-recall", type=float, default=0.95)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    add_synthetic_args(parser)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "bench_out" / "index_large"))
     parser.add_argument("--keep", action="store_true", help="keep the FeatureSet and index folders")
     parser.add_argument("--features", help="use this FeatureSet folder (an earlier run's, --keep) instead of writing one")

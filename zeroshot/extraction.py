@@ -151,6 +151,14 @@ def _extract_into(folder: Path, *, backbone: Backbone, dataset: Dataset, signatu
                        "process deleting this cache? Run again once it has finished")
 
 
+def work_order(store: ShardStore, plan: ShardPlan) -> list[int]:
+    """The units of ``plan`` not committed yet, in the order this process takes them: from an offset set by its
+    pid, so that concurrent processes (local engines or Ray drivers) start on different units and share the work."""
+    todo = [shard for shard in range(len(plan)) if not store.done(shard)]
+    start = os.getpid() % len(todo) if todo else 0
+    return todo[start:] + todo[:start]
+
+
 def encode_unit(backbone: Backbone, decoded, ids: list[str], *, skip: bool = False, on_batch=None):
     """One unit of the plan from its decoded batches (``(uint8 batch or None, kept indices, [(index, reason)])``):
     ``(rows, features, failed id -> reason)``; ``skip`` only drains the batches (another process committed it)."""
@@ -167,15 +175,13 @@ def encode_unit(backbone: Backbone, decoded, ids: list[str], *, skip: bool = Fal
 
 def _encode_missing(store: ShardStore, plan: ShardPlan, backbone: Backbone, dataset: Dataset, *,
                     num_workers: int | None, progress: bool) -> None:
-    """The local engine: encode and write every shard not committed yet. Each process starts at another shard (by
-    pid) and skips those another process committed meanwhile, so concurrent runs share the work."""
+    """The local engine: encode and write every shard not committed yet (:func:`work_order`), skipping those another
+    process commits meanwhile."""
     from torch.utils.data import DataLoader
 
-    todo = [shard for shard in range(len(plan)) if not store.done(shard)]
-    if not todo:
+    order = work_order(store, plan)
+    if not order:
         return
-    start = os.getpid() % len(todo)
-    order = todo[start:] + todo[:start]
     backbone.model  # build the network before workers fork and before the progress bar starts timing
     workers = default_num_workers(backbone.device) if num_workers is None else num_workers
     on_gpu = str(backbone.device).startswith("cuda")
@@ -184,7 +190,7 @@ def _encode_missing(store: ShardStore, plan: ShardPlan, backbone: Backbone, data
         num_workers=workers, collate_fn=_collate, pin_memory=on_gpu, prefetch_factor=4 if workers else None,
         worker_init_fn=None if on_gpu else _lower_priority,
     )
-    bar = progress_bar(total=plan.n, initial=plan.n - sum(len(plan.rows(s)) for s in todo), enabled=progress,
+    bar = progress_bar(total=plan.n, initial=plan.n - sum(len(plan.rows(s)) for s in order), enabled=progress,
                        desc=f"encoding {Path(dataset.location).name}")
     decoded = iter(loader)
     for shard in order:

@@ -38,8 +38,8 @@ def add_commands(sub) -> None:
     build.add_argument("--nprobe", type=int, help="IVF lists searched (skips tuning)")
     build.add_argument("--ef-search", type=int, help="HNSW search breadth (skips tuning)")
     build.add_argument("--seed", type=int, default=0)
-    add_engine_args(build, workers_help="Ray tasks encoding row chunks at once (default: the cluster's CPUs); "
-                                        "--engine ray builds IVF and Flat indexes")
+    add_engine_args(build, gpus=True, workers_help="Ray tasks encoding row chunks at once (default: the cluster's "
+                    "CPUs; --engine ray builds IVF and Flat indexes), and the Ray workers extracting images")
     add_model_args(build)
     build.set_defaults(func=cmd_index_build)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..backbone import Backbone
 from ..datasets import Dataset, ShardPlan
-from ..extraction import _collate, _Decoded, encode_unit, progress_bar
+from ..extraction import _collate, _Decoded, encode_unit, progress_bar, work_order
 from ..features import ShardStore
 from .session import ray_session
 
@@ -71,7 +71,7 @@ def encode_on_ray(store: ShardStore, plan: ShardPlan, backbone: Backbone, datase
                   address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0,
                   decode_threads: int | None = None, progress: bool = True) -> None:
     """Encode every unit of ``plan`` that ``store`` has not committed, on Ray actors, and commit each one."""
-    todo = [shard for shard in range(len(plan)) if not store.done(shard)]
+    todo = work_order(store, plan)
     if progress and len(todo) < len(plan):
         print(f"{len(plan) - len(todo)} of {len(plan)} units already in the cache; encoding the other {len(todo)}",
               file=sys.stderr)
