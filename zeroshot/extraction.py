@@ -35,8 +35,9 @@ def default_num_workers(device: str) -> int:
     return max(1, cores - 1) if str(device).startswith("cuda") else min(cores, 4)
 
 
-class _Decoded:
-    """Index -> (uint8 CHW tensor or None, index, failure reason or None)."""
+class DecodedImages:
+    """Index -> (uint8 CHW tensor or None, index, failure reason or None): one image decoded and transformed, a
+    failure kept as its reason (the local engine's DataLoader workers and the Ray engine's threads both use it)."""
 
     def __init__(self, dataset: Dataset, transform):
         self.dataset, self.transform = dataset, transform
@@ -58,7 +59,8 @@ def _lower_priority(_worker_id: int) -> None:
     os.nice(10)
 
 
-def _collate(items):
+def collate_decoded(items):
+    """:class:`DecodedImages` items -> (uint8 batch of the decoded ones or None, their indices, [(index, reason)])."""
     import torch
 
     good = [(t, i) for t, i, _ in items if t is not None]
@@ -75,8 +77,8 @@ def decode_all(dataset: Dataset, transform, *, batch_size: int = 256, num_worker
     from torch.utils.data import DataLoader
 
     workers = default_num_workers("cpu") if num_workers is None else num_workers
-    loader = DataLoader(_Decoded(dataset, transform), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate)
+    loader = DataLoader(DecodedImages(dataset, transform), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate_decoded)
     bar = progress_bar(len(dataset), 0, progress, f"decoding {Path(dataset.location).name}")
     images, rows, failed = [], [], {}
     for batch, good, bad in loader:
@@ -186,8 +188,8 @@ def _encode_missing(store: ShardStore, plan: ShardPlan, backbone: Backbone, data
     workers = default_num_workers(backbone.device) if num_workers is None else num_workers
     on_gpu = str(backbone.device).startswith("cuda")
     loader = DataLoader(
-        _Decoded(dataset, backbone.transform), batch_sampler=[b for shard in order for b in plan.batches(shard)],
-        num_workers=workers, collate_fn=_collate, pin_memory=on_gpu, prefetch_factor=4 if workers else None,
+        DecodedImages(dataset, backbone.transform), batch_sampler=[b for shard in order for b in plan.batches(shard)],
+        num_workers=workers, collate_fn=collate_decoded, pin_memory=on_gpu, prefetch_factor=4 if workers else None,
         worker_init_fn=None if on_gpu else _lower_priority,
     )
     bar = progress_bar(total=plan.n, initial=plan.n - sum(len(plan.rows(s)) for s in order), enabled=progress,

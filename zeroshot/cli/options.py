@@ -37,7 +37,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_engine_args(p: argparse.ArgumentParser, *, workers_help: str = "Ray workers at once (default: the cluster's "
                     "CPUs)", gpus: bool = False) -> None:
     """``--engine`` and the Ray options: where the work units run (see :mod:`zeroshot.engines`)."""
-    p.add_argument("--engine", default="local", choices=["local", "ray"],
+    from ..engines.session import ENGINES
+
+    p.add_argument("--engine", default="local", choices=ENGINES,
                    help="local (default) or ray: run the work units on a Ray cluster (pip install 'zeroshot[ray]')")
     p.add_argument("--address", default=None,
                    help="Ray cluster to use: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, else a "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..backbone import Backbone
 from ..datasets import Dataset, ShardPlan
-from ..extraction import _collate, _Decoded, encode_unit, progress_bar, work_order
+from ..extraction import DecodedImages, collate_decoded, encode_unit, progress_bar, work_order
 from ..features import ShardStore
 from .session import ray_session
 
@@ -38,11 +38,11 @@ class UnitEncoder:
         import ray
 
         self.backbone, self.dataset = ray.get(shared)
-        self.decoded = _Decoded(self.dataset, self.backbone.transform)
+        self.decoded = DecodedImages(self.dataset, self.backbone.transform)
         self.backbone.model  # build the network once
 
     def _decode(self, batch: list[int]):
-        return _collate([self.decoded[i] for i in batch])
+        return collate_decoded([self.decoded[i] for i in batch])
 
     def encode(self, shared: list, shard: int, batches: list[list[int]]):
         """``(shard, rows, features, failed)`` for one unit; ``shared`` = [backbone ref, dataset ref]."""
