@@ -144,3 +144,40 @@ def test_pretrained_tags_go_to_open_clip(monkeypatch):
 def test_unknown_model_name_is_explained():
     with pytest.raises(ValueError, match="unknown model"):
         load_backbone("no-such-model", device="cpu")
+
+
+def test_model_loading_leaves_the_users_logging_alone(caplog):
+    """Building a model silences open_clip's notes only: the root logger keeps its level and the user's records
+    logged meanwhile get through (it used to raise the root logger to ERROR for the whole build)."""
+    import logging
+
+    from zeroshot.backbone import quiet_model_loading
+
+    root = logging.getLogger()
+    level = root.level
+    with caplog.at_level(logging.INFO), quiet_model_loading():
+        assert root.level == logging.INFO
+        logging.getLogger("my_app").info("the user's own note")
+        logging.warning("a root warning of the user's")
+    messages = [record.getMessage() for record in caplog.records]
+    assert "the user's own note" in messages and "a root warning of the user's" in messages
+    assert root.level == level and not root.filters
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_backbone("default", device="cpu").model  # open_clip notes "initialized partially" for its text tower
+    assert not [r for r in caplog.records if "open_clip" in r.pathname], "open_clip's notes were not dropped"
+
+
+def test_open_clip_notes_are_dropped_while_building(caplog):
+    import logging
+
+    from zeroshot.backbone import FromPackage
+
+    quiet = FromPackage("open_clip")
+    record = logging.LogRecord("root", logging.WARNING, "/x/site-packages/open_clip/factory.py", 1, "partially", None,
+                               None)
+    assert not quiet.filter(record)
+    record.levelno = logging.ERROR
+    assert quiet.filter(record)  # errors always pass
+    record.levelno, record.pathname = logging.WARNING, "/x/my_app.py"
+    assert quiet.filter(record)

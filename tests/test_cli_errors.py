@@ -164,3 +164,10 @@ def test_warnings_are_one_line_too(workdir, tmp_path):
     assert ours == ["warning: IVF3,Flat trains 3 lists on 100 rows (faiss wants >= 39 per list); use 'auto' or Flat, "
                     "or at most IVF2 for 100 rows"]
     assert "warnings.warn" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_version():
+    from zeroshot import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "zeroshot", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"zeroshot {__version__}"

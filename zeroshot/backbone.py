@@ -201,6 +201,18 @@ class Backbone:
         return f"Backbone({self.name!r}, dim={self.embed_dim}, fingerprint={self.fingerprint}, device={self.requested_device or 'auto'})"
 
 
+class FromPackage(logging.Filter):
+    """Drops the records below ERROR that code inside one package logs (by the file that logged them), and only
+    those: the user's own records on the same logger pass untouched."""
+
+    def __init__(self, package: str):
+        super().__init__()
+        self.marker = f"{os.sep}{package}{os.sep}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or self.marker not in record.pathname
+
+
 @contextlib.contextmanager
 def quiet_model_loading():
     """Silence expected noise while building: transformers' load report (it lists the unused BERT pooler as
@@ -212,12 +224,12 @@ def quiet_model_loading():
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # its per-load "Loading weights" bar
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    quiet = FromPackage("open_clip")  # it logs on the root logger: drop its notes, never change the root's level
+    root.addFilter(quiet)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(quiet)
         transformers.logging.set_verbosity(previous)
         if bars_were_on:
             transformers.logging.enable_progress_bar()

@@ -30,7 +30,10 @@ EXIT_CODES = (  # the first row whose types match decides
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="zeroshot", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"zeroshot {__version__}")
     parser.add_argument("--debug", action="store_true", default=os.environ.get("ZEROSHOT_DEBUG", "") not in ("", "0"),
                         help="print the traceback of an error (also: ZEROSHOT_DEBUG=1); may follow the sub-command")
     sub = parser.add_subparsers(dest="command", required=True)
