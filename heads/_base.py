@@ -13,6 +13,8 @@ from zeroshot.backbone import check_fingerprint
 from zeroshot.features import check_features, rows_look_unit, unit_rows
 
 HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
+HEAD_FORMAT = 1  # head.json's format version; files saved before it was recorded have none and read as 1
+HEAD_KEYS = ("class", "params", "fitted", "n_features_in_")
 def projected(X, W: np.ndarray, *, dim: int, unit: bool, name: str = "X") -> np.ndarray:
     """(N, C) float32 ``X @ W.T`` of checked feature rows, in one pass over X: finiteness is checked exactly on the
     small result (a NaN or inf in a row of X makes its row of scores non-finite) and, with ``unit``, norms on a
@@ -106,6 +108,7 @@ class Head(BaseEstimator):
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: np.ascontiguousarray(getattr(self, k)) for k in self._fitted_arrays}, str(folder / HEAD_WEIGHTS))
         meta = {
+            "format": HEAD_FORMAT,
             "class": type(self).__name__,
             "params": self.get_params(deep=False),
             "fitted": {k: getattr(self, k) for k in self._fitted_meta},
@@ -119,26 +122,68 @@ class Head(BaseEstimator):
 def load_head(folder: str | os.PathLike, *, fingerprint: str | None = None, space: str | None = None) -> Head:
     """Load any saved head; ``fingerprint`` refuses a head fitted on another backbone's features, ``space`` one
     fitted in another embedding space (a student shares its teacher's space, see ``Backbone.space``)."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     from ._classes import HEADS
 
     folder = Path(folder)
-    meta = json.loads((folder / HEAD_JSON).read_text())
+    meta = _read_head_json(folder / HEAD_JSON)
     if meta["class"] not in HEADS:
-        raise ValueError(f"{folder}: unknown head class {meta['class']!r}")
+        raise ValueError(f"{folder / HEAD_JSON}: unknown head class {meta['class']!r}; it was saved by another "
+                         f"library or version (known: {', '.join(sorted(HEADS))})")
     saved_fp = meta.get("fingerprint")
     check_fingerprint(saved_fp, fingerprint, str(folder), "refit the head on this backbone's features")
     saved_space = meta.get("space")
     if space is not None and saved_space is not None and saved_space != space:
         raise ValueError(f"{folder} was fitted in the embedding space {saved_space}, but these features live in "
                          f"{space}: a student works only with heads and text embeddings of its own teacher")
-    head = HEADS[meta["class"]](**meta["params"])
-    for k, v in load_file(str(folder / HEAD_WEIGHTS)).items():
-        setattr(head, k, v)
-    for k, v in meta["fitted"].items():
+    cls = HEADS[meta["class"]]
+    try:
+        head = cls(**meta["params"])
+    except TypeError as exc:
+        raise ValueError(f"{folder / HEAD_JSON}: the params do not fit {cls.__name__} ({exc}); was it edited?") from None
+    try:
+        arrays = load_file(str(folder / HEAD_WEIGHTS))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder / HEAD_WEIGHTS} is missing: copy the whole head folder") from None
+    except SafetensorError as exc:
+        raise ValueError(f"{folder / HEAD_WEIGHTS} cannot be read ({exc}); save the head again") from None
+    _check_names(folder / HEAD_WEIGHTS, "arrays", set(arrays), set(cls._fitted_arrays))
+    _check_names(folder / HEAD_JSON, "fitted attributes", set(meta["fitted"]), set(cls._fitted_meta))
+    for k, v in {**arrays, **meta["fitted"]}.items():
         setattr(head, k, v)
     head.n_features_in_ = meta["n_features_in_"]
     head.fingerprint_ = saved_fp
     head.space_ = saved_space
     return head
+
+
+def _read_head_json(path: Path) -> dict:
+    """``head.json`` checked for what loading needs: a clear error naming the file for a missing, damaged or
+    foreign one, never a bare KeyError."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved head in {path.parent} ({path.name} missing); save one with head.save(folder)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the file is damaged: save the head again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} does not describe a head (a JSON object with {', '.join(HEAD_KEYS)})")
+    missing = [key for key in HEAD_KEYS if key not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a head saved by zeroshot, or damaged")
+    if meta.get("format", HEAD_FORMAT) != HEAD_FORMAT:
+        raise ValueError(f"{path} has head format {meta['format']}, this zeroshot reads {HEAD_FORMAT}: load it with "
+                         "the version that saved it, or refit the head")
+    if not isinstance(meta["params"], dict) or not isinstance(meta["fitted"], dict):
+        raise ValueError(f"{path}: 'params' and 'fitted' must be JSON objects")
+    return meta
+
+
+def _check_names(path: Path, what: str, found: set, declared: set) -> None:
+    """A saved head sets exactly the attributes its class declares, so that a tampered file cannot set others."""
+    if found != declared:
+        extra, lacking = sorted(found - declared), sorted(declared - found)
+        raise ValueError(f"{path}: its {what} do not match the head's" + (f"; unexpected {extra}" if extra else "")
+                         + (f"; missing {lacking}" if lacking else "") + ": was it edited? Save the head again")

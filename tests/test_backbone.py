@@ -181,3 +181,16 @@ def test_open_clip_notes_are_dropped_while_building(caplog):
     assert quiet.filter(record)  # errors always pass
     record.levelno, record.pathname = logging.WARNING, "/x/my_app.py"
     assert quiet.filter(record)
+
+
+def test_a_random_init_architecture_is_the_same_model_on_every_load(no_network):
+    """Random init is seeded, so a name's fingerprint (and its feature cache) is reused; another seed is another
+    model; the caller's random state is untouched."""
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    first = load_backbone("RN50", device="cpu")
+    assert torch.rand(1) == expected
+    assert load_backbone("RN50", device="cpu").fingerprint == first.fingerprint
+    assert load_backbone("RN50", device="cpu", seed=1).fingerprint != first.fingerprint
+    assert first.info["seed"] == 0

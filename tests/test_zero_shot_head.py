@@ -183,3 +183,40 @@ def test_load_head_refuses_another_backbone(problem, tmp_path):
 def test_save_before_fit_raises(tmp_path):
     with pytest.raises(NotFittedError):
         ZeroShotClassifier().save(tmp_path)
+
+
+def _tamper(folder, edit):
+    import json
+
+    meta = json.loads((folder / "head.json").read_text())
+    edit(meta)
+    (folder / "head.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage,error,message", [
+    (lambda f: (f / "head.json").write_text("{not json"), ValueError, "head.json is not valid JSON"),
+    (lambda f: (f / "head.json").unlink(), FileNotFoundError, "head.json missing"),
+    (lambda f: (f / "head.safetensors").write_bytes(b"garbage12345678"), ValueError, "head.safetensors cannot be read"),
+    (lambda f: (f / "head.safetensors").unlink(), FileNotFoundError, "head.safetensors is missing"),
+    (lambda f: _tamper(f, lambda m: m.pop("fitted")), ValueError, "lacks fitted"),
+    (lambda f: _tamper(f, lambda m: m.pop("class")), ValueError, "lacks class"),
+    (lambda f: _tamper(f, lambda m: m.update({"class": "Evil"})), ValueError, "unknown head class 'Evil'"),
+    (lambda f: _tamper(f, lambda m: m["fitted"].update({"decision_function": 1})), ValueError,
+     r"unexpected \['decision_function'\]"),
+    (lambda f: _tamper(f, lambda m: m["params"].update({"bogus": 1})), ValueError, "params do not fit"),
+    (lambda f: _tamper(f, lambda m: m.update({"format": 99})), ValueError, "head format 99"),
+])
+def test_a_damaged_or_foreign_saved_head_says_which_file_and_what(problem, tmp_path, damage, error, message):
+    W, _, _ = problem
+    folder = ZeroShotClassifier().fit(classes=W).save(tmp_path / "head")
+    damage(folder)
+    with pytest.raises(error, match=message):
+        load_head(folder)
+
+
+def test_a_head_saved_before_format_versions_still_loads(problem, tmp_path):
+    W, X, _ = problem
+    head = ZeroShotClassifier().fit(classes=W)
+    folder = head.save(tmp_path / "head")
+    _tamper(folder, lambda m: m.pop("format"))
+    np.testing.assert_array_equal(load_head(folder).predict(X), head.predict(X))

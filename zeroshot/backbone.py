@@ -372,13 +372,17 @@ def _existing_folder(text: str) -> Path:
     return folder
 
 
-def _load_open_clip(name: str, pretrained: str | None, device: str, precision: str, decode: str) -> Backbone:
-    """A built-in open_clip architecture (random init when ``pretrained`` is None) or an ``hf-hub:`` model."""
+def _load_open_clip(name: str, pretrained: str | None, device: str, precision: str, decode: str,
+                    seed: int) -> Backbone:
+    """A built-in open_clip architecture (random init from ``seed`` when ``pretrained`` is None) or an ``hf-hub:``
+    model."""
     import open_clip
     import torch
     from open_clip.model import get_model_preprocess_cfg
 
-    model = open_clip.create_model(name, pretrained=pretrained)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, pretrained=pretrained)
     preprocess_cfg = get_model_preprocess_cfg(model)
     tokenizer = open_clip.get_tokenizer(name)
     model_cfg = open_clip.get_model_config(name)
@@ -391,7 +395,7 @@ def _load_open_clip(name: str, pretrained: str | None, device: str, precision: s
         name=name if not pretrained else f"{name}/{pretrained}", model_config=model_cfg,
         transform=_transform_from(preprocess_cfg, decode), weights_digest=digest,
         build=lambda: (model, tokenizer), requested_device=device, precision=precision, logit_scale=scale,
-        info={"pretrained": pretrained},
+        info={"pretrained": pretrained, **({} if pretrained else {"seed": seed})},
     )
 
 
@@ -426,7 +430,7 @@ def check_same_space(*items) -> None:
 
 
 def load_backbone(spec: str | os.PathLike = "default", pretrained: str | None = None, *, device: str | None = None,
-                  precision: str = "fp32", decode: str = "exact") -> Backbone:
+                  precision: str = "fp32", decode: str = "exact", seed: int = 0) -> Backbone:
     """Load a backbone from ``spec``.
 
     - ``"default"``: the small model shipped inside the package (offline);
@@ -437,7 +441,9 @@ def load_backbone(spec: str | os.PathLike = "default", pretrained: str | None = 
 
     A path-like spec (``/``, ``./``, ``../``, ``~``, a trailing ``/`` or an existing first component) is always a
     folder. Names and tags are checked before any download, and uncached weights fail at once (``ConnectionError``)
-    when the hub cannot be reached, instead of after a minute of retries.
+    when the hub cannot be reached, instead of after a minute of retries. An open_clip name without pretrained
+    weights is randomly initialised from ``seed`` (without touching the caller's random state), so the same name and
+    seed give the same weights, fingerprint and feature cache on every load; another seed is another fingerprint.
     """
     text = str(spec)
     if text == "default":
@@ -449,14 +455,14 @@ def load_backbone(spec: str | os.PathLike = "default", pretrained: str | None = 
         return _load_folder(_existing_folder(text[len("local-dir:"):]), device, precision, decode)
     if text.startswith(HF_HUB_PREFIX):
         check_hf_hub_spec(text)
-        return _load_open_clip(text, None, device, precision, decode)
+        return _load_open_clip(text, None, device, precision, decode, seed)
     if Path(text).expanduser().is_dir() or looks_like_path(text):
         return _load_folder(_existing_folder(text), device, precision, decode)
     split_from = None
     if pretrained is None and "/" in text:
         split_from, (text, pretrained) = text, text.split("/", 1)
     check_open_clip_spec(text, pretrained, split_from)
-    return _load_open_clip(text, pretrained, device, precision, decode)
+    return _load_open_clip(text, pretrained, device, precision, decode, seed)
 
 
 def save_backbone_folder(model, folder: str | os.PathLike, model_cfg: dict,
