@@ -8,7 +8,7 @@ the local engine gets from the whole corpus in one pass.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 
 from ..concepts.corpus import Partition, iter_partition, plan_partitions
@@ -21,7 +21,7 @@ from ..concepts.matching import (
     count_partition,
     merge_partitions,
 )
-from .session import ray_session
+from .session import in_order, ray_session
 
 
 def count_on_ray(source: str | os.PathLike, concepts: Sequence[Concept | str], *, mode: str, lemmatiser: Lemmatiser,
@@ -37,7 +37,7 @@ def count_on_ray(source: str | os.PathLike, concepts: Sequence[Concept | str], *
     with ray_session(address, num_cpus=num_workers) as ray:
         task = ray.remote(num_cpus=1)(count_one_partition)
         shared = ray.put((list(concepts), mode, lemmatiser.name, examples, column))
-        parts = run_bounded(ray, lambda partition: task.remote(partition, shared), plan, num_workers)
+        parts = list(in_order(ray, lambda partition: task.remote(partition, shared), plan, num_workers))
     return merge_partitions(parts, lemmatiser, examples)
 
 
@@ -54,22 +54,3 @@ def count_one_partition(partition: Partition, job: tuple) -> PartitionCounts:
 def worker_lemmatiser(name: str) -> Lemmatiser:
     """One lemmatiser per worker process and name: its word cache then serves every partition the process counts."""
     return get_lemmatiser(name)
-
-
-def run_bounded(ray, submit: Callable, items: Sequence, limit: int | None) -> list:
-    """``ray.get`` of ``submit(item)`` for every item, in item order, with at most ``limit`` tasks in flight (None:
-    all at once). A task's own exception is raised as itself, not wrapped in Ray's RayTaskError, so that a bad column
-    is a usage error as it is locally."""
-    results: list = [None] * len(items)
-    pending: dict = {}
-    try:
-        for i, item in enumerate(items):
-            if limit is not None and len(pending) >= limit:
-                (done,), _ = ray.wait(list(pending), num_returns=1)
-                results[pending.pop(done)] = ray.get(done)
-            pending[submit(item)] = i
-        for ref, i in pending.items():
-            results[i] = ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
-    return results

@@ -11,13 +11,12 @@ was measured first: serializing a 65,536-row IVF-Flat part took 2-11 s in the ta
 """
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
 
 from ..retrieval.index import chunk_neighbours, mapped_file, read_rows
-from .session import ray_session
+from .session import in_order, ray_session
 
 
 def check_mergeable(faiss_index, factory: str) -> None:
@@ -76,16 +75,6 @@ def add_chunks_on_ray(faiss_index, X: np.ndarray, plan: list, queries: np.ndarra
             return task.remote(empty, np.ascontiguousarray(X[start:stop]), 0, stop - start, skip - start,
                                queries_ref, k)
 
-        pending: deque = deque()
-        chunks = iter(plan)
-        for chunk in chunks:
-            pending.append(submit(*chunk))
-            if len(pending) >= workers:
-                break
-        while pending:
-            codes, found = ray.get(pending.popleft())
+        for codes, found in in_order(ray, lambda chunk: submit(*chunk), plan, workers):
             add_codes(faiss_index, codes)
-            chunk = next(chunks, None)
-            if chunk is not None:
-                pending.append(submit(*chunk))
             yield found

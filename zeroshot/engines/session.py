@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 ENGINES = ("local", "ray")
@@ -83,3 +85,19 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     except OSError as exc:
         raise ConnectionError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); check that it runs "
                               "(`ray status` on its head node) or drop --address to start a local one") from None
+
+
+def in_order(ray, submit: Callable, items: Iterable, limit: int | None) -> Iterator:
+    """``ray.get`` of ``submit(item)`` for every item, yielded in item order, with at most ``limit`` tasks in flight
+    (None: all at once), so that results can be consumed (merged, appended) as they come. A task's own exception is
+    raised as itself, not wrapped in Ray's RayTaskError, so that a bad input is the same error as locally."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            if limit is not None and len(pending) >= limit:
+                yield ray.get(pending.popleft())
+            pending.append(submit(item))
+        while pending:
+            yield ray.get(pending.popleft())
+    except ray.exceptions.RayTaskError as exc:
+        raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
