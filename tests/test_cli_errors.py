@@ -171,3 +171,20 @@ def test_version():
 
     proc = subprocess.run([sys.executable, "-m", "zeroshot", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"zeroshot {__version__}"
+
+
+def test_library_notes_go_through_the_zeroshot_logger_and_the_cli_prints_them_once(capsys):
+    """Notes are records of the ``zeroshot`` logger: the command line prints them on stderr (once, however often
+    main runs), warnings with their level; the root logger is left as the user set it."""
+    import logging
+
+    from zeroshot.cli import show_notes
+
+    root_level = logging.getLogger().level
+    show_notes()
+    show_notes()
+    logging.getLogger("zeroshot.extraction").info("3 of 8 units already in the cache")
+    logging.getLogger("zeroshot.train.distill").warning("skipped 1 training image")
+    assert capsys.readouterr().err.splitlines() == ["3 of 8 units already in the cache",
+                                                     "warning: skipped 1 training image"]
+    assert logging.getLogger().level == root_level

@@ -99,12 +99,13 @@ def test_ray_reports_unreadable_files_by_id(ray_cluster, tiny_backbone, messy_fo
 # sleeps DELAY seconds and is logged (one line per batch, appended by whichever process encodes it), which makes the
 # units slow enough to kill mid-run and counts what was encoded.
 RUNNER = textwrap.dedent("""
-    import json, sys, time
+    import json, logging, sys, time
     import numpy as np
     from zeroshot import extract, load_backbone
     from zeroshot.backbone import Backbone
 
     model, data, cache, out, address, log, DELAY = sys.argv[1:8]
+    logging.basicConfig(level=logging.INFO)  # zeroshot's notes ("N of M units already in the cache") on stderr
 
     class Slow(Backbone):  # defined here, so Ray ships it to the workers by value
         def encode_images(self, batch):

@@ -8,6 +8,7 @@ uninterrupted run would have, and the features come out bit-identical.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sys
 import tempfile
@@ -22,6 +23,8 @@ from .datasets import Dataset, ShardPlan, open_dataset
 from .engines.session import check_engine
 from .features import FeatureSet, ShardStore
 from .images import BadImage, decode_raw
+
+log = logging.getLogger(__name__)
 
 
 def default_batch_size(device: str) -> int:
@@ -145,9 +148,9 @@ def _extract_into(folder: Path, *, backbone: Backbone, dataset: Dataset, signatu
             encode(store, plan, backbone, dataset, progress=progress)
             result = store.finish(len(plan), dataset.labels, dataset.ids, meta)
         if result is not None:
-            if result.failed and progress:
-                print(f"skipped {len(result.failed)} unreadable file(s): " +
-                      ", ".join(f"{i} ({r})" for i, r in list(result.failed.items())[:10]), file=sys.stderr)
+            if result.failed:
+                log.warning("skipped %d unreadable file(s): %s", len(result.failed),
+                            ", ".join(f"{i} ({r})" for i, r in list(result.failed.items())[:10]))
             return result
     raise RuntimeError(f"the shards of {folder} keep disappearing while it is being extracted: is another "
                        "process deleting this cache? Run again once it has finished")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import traceback
@@ -67,9 +68,32 @@ def warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {' '.join(str(message).split())}\n"
 
 
+class NoteHandler(logging.Handler):
+    """The ``zeroshot`` logger's records on the current ``sys.stderr``: notes bare, warnings and errors prefixed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = " ".join(record.getMessage().split())
+            prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+            sys.stderr.write(f"{prefix}{text}\n")
+        except Exception:
+            self.handleError(record)
+
+
+def show_notes() -> None:
+    """Print the library's notes (the ``zeroshot`` logger, INFO and up) on stderr, once however often ``main``
+    runs in a process; the root logger and the user's handlers are left alone."""
+    logger = logging.getLogger("zeroshot")
+    if not any(isinstance(h, NoteHandler) for h in logger.handlers):
+        logger.addHandler(NoteHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once here, not again by a handler the root logger may have
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run one command; failures exit with one ``error:`` line (see the module docstring)."""
     warnings.formatwarning = warning_line
+    show_notes()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(["--debug"] * argv.count("--debug") + [a for a in argv if a != "--debug"])
     try:

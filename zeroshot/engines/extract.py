@@ -10,7 +10,7 @@ the same paths on every node: features travel back through Ray's object store.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from ..datasets import Dataset, ShardPlan
 from ..extraction import DecodedImages, collate_decoded, encode_unit, progress_bar, work_order
 from ..features import ShardStore
 from .session import ray_session
+
+log = logging.getLogger(__name__)
 
 UNITS_IN_FLIGHT = 2  # per actor: the next unit waits in its queue while one encodes, so actors never idle
 ACTOR_RESTARTS = 3  # an actor process that dies is restarted this often (each time its unit is retried)
@@ -73,8 +75,8 @@ def encode_on_ray(store: ShardStore, plan: ShardPlan, backbone: Backbone, datase
     """Encode every unit of ``plan`` that ``store`` has not committed, on Ray actors, and commit each one."""
     todo = work_order(store, plan)
     if progress and len(todo) < len(plan):
-        print(f"{len(plan) - len(todo)} of {len(plan)} units already in the cache; encoding the other {len(todo)}",
-              file=sys.stderr)
+        log.info("%d of %d units already in the cache; encoding the other %d", len(plan) - len(todo), len(plan),
+                 len(todo))
     if not todo:
         return
     with ray_session(address) as ray:

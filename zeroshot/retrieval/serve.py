@@ -13,8 +13,8 @@ index was built from. Errors are JSON ``{"error": "..."}`` with status 400, 403,
 from __future__ import annotations
 
 import json
+import logging
 import mimetypes
-import sys
 import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +25,8 @@ from ..images import IMAGE_EXTENSIONS
 from .index import Index
 from .page import PAGE
 from .search import Hit, search_ids, search_images, search_text
+
+log = logging.getLogger(__name__)
 
 MAX_UPLOAD = 8 << 20
 MAX_K = 100
@@ -204,8 +206,8 @@ def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, *, 
     """Run until interrupted (Ctrl-C)."""
     server = make_server(service, host, port, verbose=verbose)
     address, bound_port = server.server_address[:2]
-    print(f"serving {len(service.index):,} indexed images on http://{address}:{bound_port}/  (Ctrl-C stops)",
-          file=sys.stderr)
+    log.info("serving %s indexed images on http://%s:%d/  (Ctrl-C stops)", f"{len(service.index):,}", address,
+             bound_port)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

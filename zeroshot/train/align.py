@@ -14,6 +14,7 @@ and keeps the weights with the best validation score.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..images import ImageTransform
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("contrastive", "cosine", "l1", "affinity")
 
@@ -322,7 +325,7 @@ class Aligner:
         self.log_scale.data.copy_(saved["log_scale"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
-        print(f"resuming from step {saved['state']['step']} ({path})", file=sys.stderr)
+        log.info("resuming from step %d (%s)", saved["state"]["step"], path)
         return {**state, **saved["state"]}
 
     def _log(self, record: dict) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,8 @@ from ..extraction import decode_all
 from ..features import FeatureSet
 from ..images import ImageTransform
 from .align import AlignConfig, Aligner, Targets, ViewPlan
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STUDENT = "resnet10t_050"  # zeroshot.students: half-width resnet10t, the default model's tower
 
@@ -97,9 +99,8 @@ def distill(teacher: Backbone, data: Dataset | str | os.PathLike, out_dir: str |
 
     images, rows, failed = decode_all(dataset, transform, progress=progress)
     if failed:
-        print(f"skipped {len(failed)} training image(s) that could not be decoded: "
-              + ", ".join(f"{i} ({r})" for i, r in list(failed.items())[:5]) + (" ..." if len(failed) > 5 else ""),
-              file=sys.stderr)
+        log.warning("skipped %d training image(s) that could not be decoded: %s%s", len(failed),
+                    ", ".join(f"{i} ({r})" for i, r in list(failed.items())[:5]), " ..." if len(failed) > 5 else "")
     config = AlignConfig(loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes,
                          max_steps=max_steps, affinity_weight=affinity_weight, low_res_prob=0.5,
                          warmup_steps=max(1, len(images) // batch_size))
