@@ -6,14 +6,17 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.utils.validation import column_or_1d
 
 from zeroshot.features import check_features
 
-from ._base import Head, SoftmaxClassifier, check_class_embeddings, checked_class_names
+from ._base import (Head, SoftmaxClassifier, check_class_embeddings, checked_class_names, encode_labels,
+                    label_classes, renamed_keywords)
 
 
 def check_labels(y, n_rows: int, n_classes: int | None = None, *, name: str = "y") -> np.ndarray:
-    """1-D integer class indices in [0, n_classes), one per row; an unseen label says what to fix."""
+    """1-D integer class indices in [0, n_classes), one per row (columns of logits, rows of class embeddings); an
+    unseen label says what to fix. Label values of any type go through :func:`label_classes` instead."""
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != n_rows:
         raise ValueError(f"{name} must be a 1-D array with one label per feature row ({n_rows}), got shape {y.shape}")
@@ -29,13 +32,14 @@ def check_labels(y, n_rows: int, n_classes: int | None = None, *, name: str = "y
     return y.astype(np.int64, copy=False)
 
 
-def shot_counts(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Samples per class; a class without any is an error (no head can learn a class it never saw)."""
-    counts = np.bincount(y, minlength=n_classes)
+def shot_counts(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Samples per class (``y`` as indices into ``classes``); a class without any is an error (no head can learn a
+    class it never saw)."""
+    counts = np.bincount(y, minlength=len(classes))
     missing = np.flatnonzero(counts == 0)
     if missing.size:
-        raise ValueError(f"{missing.size} class(es) have no support sample (classes {missing[:10].tolist()}): give "
-                         "every class at least one shot, or drop the classes you cannot label")
+        raise ValueError(f"{missing.size} class(es) have no support sample (classes {classes[missing][:10].tolist()}): "
+                         "give every class at least one shot, or drop the classes you cannot label")
     return counts
 
 
@@ -97,15 +101,20 @@ def best_on_grid(scores: np.ndarray) -> tuple[tuple[int, ...], float]:
 
 @dataclass
 class Support:
-    """Labelled support rows, with optional per-row side arrays (e.g. caption features) that split with them."""
+    """Labelled support rows (``y``: indices into the label values ``classes``), with optional per-row side arrays
+    (e.g. caption features) that split with them."""
 
     X: np.ndarray
     y: np.ndarray
-    n_classes: int
+    classes: np.ndarray
     extra: dict = field(default_factory=dict)
 
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
     def take(self, rows: np.ndarray) -> "Support":
-        return Support(self.X[rows], self.y[rows], self.n_classes, {k: v[rows] for k, v in self.extra.items()})
+        return Support(self.X[rows], self.y[rows], self.classes, {k: v[rows] for k, v in self.extra.items()})
 
 
 class FewShotClassifier(SoftmaxClassifier, Head):
@@ -120,33 +129,41 @@ class FewShotClassifier(SoftmaxClassifier, Head):
     Subclasses set ``_hyperparameters`` and ``_defaults`` and implement ``_search``, ``_build`` and ``_logits``.
     """
 
-    _fitted_arrays = ("classes_", "val_index_")
-    _fitted_meta = ("class_names_", "chosen_", "search_")
+    _fitted_arrays = ("val_index_",)
+    _fitted_meta = ("classes_", "class_names_", "chosen_", "search_")
     _hyperparameters: tuple[str, ...] = ()
     _defaults: dict = {}
     _needs_text = True
 
-    def fit(self, X, y, *, classes=None, class_names: list[str] | None = None, X_val=None, y_val=None):
-        """X (M, D) support features, y (M,) labels; ``classes`` (C, D) class text embeddings; optional
-        validation set (else one is carved from the support set)."""
-        return self._fit(X, y, classes, class_names, X_val, y_val)
+    @renamed_keywords
+    def fit(self, X, y, *, class_embeddings=None, class_names: list[str] | None = None, X_val=None, y_val=None):
+        """X (M, D) support features, y (M,) labels (any labels, see :func:`label_classes`); ``class_embeddings``
+        (C, D) class text embeddings; optional validation set (else one is carved from the support set)."""
+        return self._fit(X, y, class_embeddings, class_names, X_val, y_val)
 
-    def _fit(self, X, y, classes, class_names, X_val, y_val, extra: dict | None = None):
-        W = self._check_text(classes)
+    def _fit(self, X, y, class_embeddings, class_names, X_val, y_val, extra: dict | None = None):
+        W = self._check_text(class_embeddings)
         X = check_features(X, dim=None if W is None else W.shape[1], name="support features X")
         if len(X) == 0:
             raise ValueError("the support set is empty: give at least one labelled sample per class")
-        y = check_labels(y, len(X), None if W is None else len(W))
-        n_classes = len(W) if W is not None else int(y.max()) + 1
-        counts = shot_counts(y, n_classes)
-        names = checked_class_names(class_names, n_classes, "classes")
-        support = Support(X, y, n_classes, extra or {})
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None: give the "
+                             "labels of the support rows")
+        y = column_or_1d(y, warn=True)  # a (M, 1) column is read as labels, with scikit-learn's warning
+        if len(y) != len(X):
+            raise ValueError(f"y must be a 1-D array with one label per feature row ({len(X)}), got shape {y.shape}")
+        n_classes = len(W) if W is not None else None if class_names is None else len(class_names)
+        classes = label_classes(y, n_classes, class_names)
+        y = encode_labels(y, classes)
+        counts = shot_counts(y, classes)
+        names = checked_class_names(class_names, len(classes), "classes", classes)
+        support = Support(X, y, classes, extra or {})
         chosen, search, val_rows = self._choose(support, W, X_val, y_val)
         self._build(support, W, **chosen)  # first: a head that cannot be built is left unfitted
         self.chosen_ = chosen
         self.search_ = search | {"shots_per_class": [int(counts.min()), int(counts.max())]}
         self.val_index_ = val_rows
-        self.classes_ = np.arange(n_classes)
+        self.classes_ = classes
         self.class_names_ = names
         self.n_features_in_ = X.shape[1]
         return self
@@ -173,13 +190,8 @@ class FewShotClassifier(SoftmaxClassifier, Head):
                   "n_val": int(len(val[1])) if val is not None else 0, "seconds": round(time.perf_counter() - start, 4)}
         return chosen | {k: float(v) for k, v in found.items()}, search, val_rows
 
-    def _check_text(self, classes) -> np.ndarray | None:
-        if classes is None:
-            if self._needs_text:
-                raise ValueError(f"{type(self).__name__} needs the class text embeddings: fit(X, y, classes=W) "
-                                 "with W from zeroshot.class_embeddings")
-            return None
-        return check_class_embeddings(classes)
+    def _check_text(self, class_embeddings) -> np.ndarray | None:
+        return None if class_embeddings is None and not self._needs_text else check_class_embeddings(class_embeddings)
 
     def _validation(self, support: Support, X_val, y_val):
         """(fit rows, carved validation rows, (X_val, y_val) or None when there is nothing to validate on)."""
@@ -188,8 +200,10 @@ class FewShotClassifier(SoftmaxClassifier, Head):
             if X_val is None or y_val is None:
                 raise ValueError("give both X_val and y_val, or neither (a split is then carved from the support set)")
             X_val = check_features(X_val, dim=support.X.shape[1], name="X_val")
-            return everything, np.zeros(0, np.int64), (X_val, check_labels(y_val, len(X_val), support.n_classes,
-                                                                           name="y_val"))
+            y_val = np.asarray(y_val)
+            if y_val.shape != (len(X_val),):
+                raise ValueError(f"y_val must have one label per row of X_val ({len(X_val)}), got shape {y_val.shape}")
+            return everything, np.zeros(0, np.int64), (X_val, encode_labels(y_val, support.classes, name="y_val"))
         fit_rows, val_rows = carve_validation(support.y, self.val_fraction, self.random_state)
         if len(val_rows) == 0:
             return everything, val_rows, None

@@ -6,11 +6,12 @@ import warnings
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from zeroshot.features import check_features, normalise_rows
 
-from ._base import Head, softmax
+from ._base import Head, encode_labels, renamed_keywords, softmax
 from ._fewshot import FewShotClassifier, Support, accuracy, best_on_grid, check_labels, grid
 
 
@@ -45,7 +46,7 @@ def expected_calibration_error(proba, y, n_bins: int = 15) -> float:
     return calibration_metrics(proba, y, n_bins)[f"ece_{n_bins}"]
 
 
-class TemperatureScaling(Head):
+class TemperatureScaling(TransformerMixin, Head):
     """``softmax(logits / T)``, T fitted by minimising the NLL of HELD-OUT labelled logits (never the shots a
     training-free head was built from: its logits on its own keys are over-confident). The argmax never changes."""
 
@@ -93,7 +94,7 @@ def prior_vector(prior, n_classes: int, name: str) -> np.ndarray:
     return p / p.sum()
 
 
-class PriorCorrection(Head):
+class PriorCorrection(TransformerMixin, Head):
     """Per-class logit offsets for label shift: ``logits + offsets_``.
 
     ``method="known"``: ``offsets = log target_prior - log source_prior``. ``"em"``: Saerens et al.'s EM estimates
@@ -131,6 +132,8 @@ class PriorCorrection(Head):
         n, C = Z.shape
         source = prior_vector(self.source_prior, C, "source_prior")
         target = prior_vector(self.target_prior, C, "target_prior")
+        if self.method != "known" and n == 0:
+            raise ValueError(f"method {self.method!r} estimates the target prior from logits: give at least one row")
         if self.method != "known" and n < 10 * C:
             warnings.warn(f"{n} samples for {C} classes: a prior estimated from fewer than 10 per class is noisy",
                           stacklevel=2)
@@ -183,9 +186,9 @@ class TEEN(FewShotClassifier):
 
     ``fit(X, y, base_classes=[...])``: the classes with many shots are the base (their prototypes stay) and the
     others are calibrated toward them (the paper's setting). Without ``base_classes`` every class is few-shot and
-    the base is the class text embeddings ``classes`` (our adaptation to the all-few-shot protocol). tau and shift
-    left ``None`` are searched on the validation split (tau in {1, 4, 8, 16, 32, 64}, shift 0..1 step 0.1);
-    defaults 16 and 0.5 (the code's) otherwise. ``shift=0`` is the plain prototype classifier.
+    the base is the class text embeddings ``class_embeddings`` (our adaptation to the all-few-shot protocol). tau
+    and shift left ``None`` are searched on the validation split (tau in {1, 4, 8, 16, 32, 64}, shift 0..1 step
+    0.1); defaults 16 and 0.5 (the code's) otherwise. ``shift=0`` is the plain prototype classifier.
     """
 
     _fitted_arrays = FewShotClassifier._fitted_arrays + ("prototypes_",)
@@ -202,24 +205,27 @@ class TEEN(FewShotClassifier):
         self.val_fraction = val_fraction
         self.random_state = random_state
 
-    def fit(self, X, y, *, classes=None, base_classes=None, class_names: list[str] | None = None, X_val=None,
-            y_val=None) -> "TEEN":
-        """As :meth:`FewShotClassifier.fit`; ``base_classes``: labels whose prototypes are well estimated."""
-        if base_classes is None and classes is None:
+    @renamed_keywords
+    def fit(self, X, y, *, class_embeddings=None, base_classes=None, class_names: list[str] | None = None,
+            X_val=None, y_val=None) -> "TEEN":
+        """As :meth:`FewShotClassifier.fit`; ``base_classes``: the labels whose prototypes are well estimated."""
+        if base_classes is None and class_embeddings is None:
             raise ValueError("TEEN calibrates few-shot prototypes toward base prototypes: give base_classes (the "
-                             "labels with many shots) or classes (text embeddings to use as the base)")
-        self.base_classes_ = [] if base_classes is None else sorted({int(c) for c in np.ravel(base_classes)})
-        return self._fit(X, y, classes, class_names, X_val, y_val)
+                             "labels with many shots) or class_embeddings (text embeddings to use as the base)")
+        self.base_classes_ = [] if base_classes is None else sorted(set(np.ravel(base_classes).tolist()))
+        return self._fit(X, y, class_embeddings, class_names, X_val, y_val)
 
     def _prototypes(self, support: Support, W) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(normalised class means (C, D), indices of the few-shot classes, base prototypes)."""
         C = support.n_classes
-        if any(not 0 <= c < C for c in self.base_classes_) or len(self.base_classes_) == C:
-            raise ValueError(f"base_classes must be some, not all, of the labels 0..{C - 1}: {self.base_classes_[:10]}")
+        base = encode_labels(np.asarray(self.base_classes_), support.classes,
+                             name="base_classes") if self.base_classes_ else np.zeros(0, np.int64)
+        if len(base) == C:
+            raise ValueError(f"base_classes must be some, not all, of the {C} labels")
         sums = np.zeros((C, support.X.shape[1]))
         np.add.at(sums, support.y, support.X)
         P = normalise_rows(sums)
-        is_base = np.isin(np.arange(C), self.base_classes_)
+        is_base = np.isin(np.arange(C), base)
         return P, np.flatnonzero(~is_base), P[is_base] if is_base.any() else W.astype(np.float64)
 
     def _search(self, fit: Support, X_val, y_val, W):

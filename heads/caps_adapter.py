@@ -6,6 +6,7 @@ import numpy as np
 
 from zeroshot.features import check_features, normalise_rows
 
+from ._base import renamed_keywords
 from ._fewshot import FewShotClassifier, Support, accuracy, best_on_grid, grid, in_chunks
 from .tip_adapter import affinity, cache_logits, class_starts, search_alpha_beta, warn_if_unbalanced
 
@@ -62,7 +63,9 @@ class CapSAdapter(FewShotClassifier):
         self.val_fraction = val_fraction
         self.random_state = random_state
 
-    def fit(self, X, y, *, classes=None, captions=None, class_names: list[str] | None = None, X_val=None, y_val=None):
+    @renamed_keywords
+    def fit(self, X, y, *, class_embeddings=None, captions=None, class_names: list[str] | None = None, X_val=None,
+            y_val=None):
         """As :meth:`FewShotClassifier.fit`; ``captions`` (M, D): one caption text feature per support row."""
         if captions is None:
             self.caption_source_ = "card templates: each shot's class prompt embedding"
@@ -74,7 +77,7 @@ class CapSAdapter(FewShotClassifier):
                                  "caption feature per shot")
             self.caption_source_ = "user captions"
             extra = {"captions": normalise_rows(captions)}
-        return self._fit(X, y, classes, class_names, X_val, y_val, extra)
+        return self._fit(X, y, class_embeddings, class_names, X_val, y_val, extra)
 
     def _cache(self, support: Support, W) -> dict:
         """The fitted cache: class-sorted keys, their caption features and labels, per-class sums of the keys'

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.special import log_expit
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import check_class_embeddings
+from ._base import check_class_embeddings, renamed_keywords
 from .ood import TextOODDetector, _check_positive, log_sum_exp
 
 INFERENCES = ("atd", "ctw")
@@ -37,18 +37,24 @@ class CLIPN(TextOODDetector):
         self.inference = inference
         self.logit_scale = logit_scale
 
-    def fit(self, X=None, y=None, *, classes, no_classes, class_names: list[str] | None = None) -> "CLIPN":
-        """``classes``: (C, D) "yes" class embeddings; ``no_classes``: the matching (C, D) "no" embeddings."""
+    @renamed_keywords
+    def fit(self, X=None, y=None, *, class_embeddings=None, no_class_embeddings=None,
+            class_names: list[str] | None = None) -> "CLIPN":
+        """``class_embeddings``: (C, D) "yes" class embeddings; ``no_class_embeddings``: the matching (C, D) "no"
+        embeddings; ``X``: ID features to keep a threshold from (optional: :meth:`predict` needs none)."""
         if self.inference not in INFERENCES:
             raise ValueError(f"inference must be one of {INFERENCES}, got {self.inference!r}")
         _check_positive(self.logit_scale, "logit_scale")
-        W_no = check_class_embeddings(no_classes, name="no_classes")
-        super().fit(X, y, classes=classes, class_names=class_names)
+        if no_class_embeddings is None:
+            raise ValueError("CLIPN needs no_class_embeddings: the (C, D) 'no' embeddings of a negation map "
+                             "('zeroshot ood train-clipn') or of hand-written negated prompts")
+        W_no = check_class_embeddings(no_class_embeddings, name="no_class_embeddings")
+        super().fit(None, y, class_embeddings=class_embeddings, class_names=class_names)
         if W_no.shape != self.class_embeddings_.shape:
-            raise ValueError(f"no_classes has shape {W_no.shape} but classes has {self.class_embeddings_.shape}: "
-                             "give one 'no' embedding per class")
+            raise ValueError(f"no_class_embeddings has shape {W_no.shape} but class_embeddings has "
+                             f"{self.class_embeddings_.shape}: give one 'no' embedding per class")
         self.no_class_embeddings_ = W_no
-        return self
+        return self if X is None else self.calibrate(X)
 
     def _log_odds(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(log-odds of the ID score under this head's rule, log p_c), float64."""
@@ -66,7 +72,11 @@ class CLIPN(TextOODDetector):
         return self._log_odds(X)[0].astype(np.float32)
 
     def predict(self, X) -> np.ndarray:
-        """The threshold-free decision: 1 = in-distribution, -1 = OOD (scikit-learn's outlier convention)."""
+        """1 = in-distribution, -1 = OOD (scikit-learn's outlier convention): by the threshold ``offset_`` once
+        one is kept (fit on ID features, :meth:`calibrate`), else by CLIPN's threshold-free rule above."""
+        check_is_fitted(self, "no_class_embeddings_")
+        if self.offset_ is not None:
+            return super().predict(X)
         log_odds, log_p = self._log_odds(X)
         if self.inference == "ctw":
             ood = log_odds < 0  # p_no > p_yes for the predicted class

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from zeroshot.features import unit_rows
+from zeroshot.ood_metrics import threshold_at_tpr
 
-from .ood import OODDetector
+from ._base import renamed_keywords
+from .ood import ID_TPR, OODDetector
+
+OFFSET_ROWS = 4096  # training rows whose leave-one-out scores set offset_
 
 
 class KNN(OODDetector):
@@ -21,7 +25,7 @@ class KNN(OODDetector):
     """
 
     _fitted_arrays = ("index_bytes_",)
-    _fitted_meta = ("k_",)
+    _fitted_meta = ("k_", "offset_")
 
     def __init__(self, k: int | None = None, index: str = "Flat", nprobe: int = 8, fraction: float = 1.0,
                  random_state: int = 0):
@@ -31,8 +35,11 @@ class KNN(OODDetector):
         self.fraction = fraction
         self.random_state = random_state
 
-    def fit(self, X, y=None, *, classes=None) -> "KNN":
-        """``X``: (N, D) ID training features. ``y`` and ``classes`` are unused (one contract for detectors)."""
+    @renamed_keywords
+    def fit(self, X, y=None, *, class_embeddings=None) -> "KNN":
+        """``X``: (N, D) ID training features; ``offset_`` accepts 95 % of their leave-one-out scores (each row
+        scored without itself, as a new sample would be). ``y`` and ``class_embeddings`` are unused (one contract
+        for detectors)."""
         import faiss
 
         X = unit_rows(X)
@@ -52,7 +59,17 @@ class KNN(OODDetector):
         self.k_ = k
         self.n_features_in_ = X.shape[1]
         self._index = index
+        self.offset_ = None  # k = N: every indexed row is a neighbour, none is left to score a row without itself
+        if k < len(X):
+            self.offset_ = threshold_at_tpr(self._kth_distance_score(self._offset_sample(X), k + 1), ID_TPR)
         return self
+
+    def _offset_sample(self, X: np.ndarray) -> np.ndarray:
+        """Up to OFFSET_ROWS seeded rows of the indexed features: enough for a 95 % quantile, and the fit stays
+        one search of them, not of all N."""
+        if len(X) <= OFFSET_ROWS:
+            return X
+        return X[np.sort(np.random.default_rng(self.random_state).choice(len(X), OFFSET_ROWS, replace=False))]
 
     def _search_index(self):
         """The fitted faiss index (rebuilt from its bytes after loading), with ``nprobe`` applied to IVF indexes."""
@@ -66,8 +83,11 @@ class KNN(OODDetector):
         return self._index
 
     def score_samples(self, X) -> np.ndarray:
-        X = self._check_X(X)
-        inner, _ = self._search_index().search(X, self.k_)
+        return self._kth_distance_score(self._check_X(X), self.k_)
+
+    def _kth_distance_score(self, X: np.ndarray, k: int) -> np.ndarray:
+        """Minus the distance to the k-th nearest indexed feature (k = k_ + 1 skips an indexed row itself)."""
+        inner, _ = self._search_index().search(X, k)
         # an approximate index may find fewer than k neighbours (-FLT_MAX): count them as the farthest point (-1)
-        ip_k = np.clip(inner[:, self.k_ - 1].astype(np.float64), -1.0, 1.0)
+        ip_k = np.clip(inner[:, k - 1].astype(np.float64), -1.0, 1.0)
         return (-np.sqrt(np.maximum(0.0, 2.0 - 2.0 * ip_k))).astype(np.float32)

@@ -10,9 +10,9 @@ KINDS = ("classifier", "ood", "calibrator")
 INPUTS = {  # what a fit can be given -> what to give when it is missing
     "features": "image features: the support shots, ID training images or unlabelled images",
     "labels": "the labels of those images",
-    "classes": "(C, D) class text embeddings: give the ID class names",
+    "class_embeddings": "(C, D) class text embeddings: give the ID class names",
     "class_names": "the class names",
-    "no_classes": "(C, D) 'no' embeddings: train a negation map with 'zeroshot ood train-clipn'",
+    "no_class_embeddings": "(C, D) 'no' embeddings: train a negation map with 'zeroshot ood train-clipn'",
     "captions": "one caption feature per shot",
     "base_classes": "the labels of the base classes (TEEN)",
     "logits": "(N, C) logits of another head",
@@ -66,7 +66,7 @@ def _entries(*specs: HeadSpec) -> dict[str, HeadSpec]:
     return {spec.name: spec for spec in specs}
 
 
-_TEXT = ("classes",)
+_TEXT = ("class_embeddings",)
 _SHOTS = ("features", "labels")
 REGISTRY: dict[str, HeadSpec] = _entries(
     HeadSpec("zero-shot", "ZeroShotClassifier", "classifier", _TEXT, ("class_names",),
@@ -75,7 +75,7 @@ REGISTRY: dict[str, HeadSpec] = _entries(
              summary="label propagation on a kNN graph of the unlabelled test images themselves"),
     HeadSpec("zlap-inductive", "ZLaP", "classifier", ("features", *_TEXT), ("class_names",),
              summary="label propagation on a graph of unlabelled support images, new images scored inductively"),
-    HeadSpec("linear-probe", "LinearProbe", "classifier", _SHOTS, ("classes", "class_names"),
+    HeadSpec("linear-probe", "LinearProbe", "classifier", _SHOTS, ("class_embeddings", "class_names"),
              summary="L-BFGS logistic regression with a C search (CLIP protocol)"),
     HeadSpec("linear-probe-zs", "LinearProbe", "classifier", (*_SHOTS, *_TEXT), ("class_names",),
              kwargs={"init": "zero-shot"}, summary="linear probe started at and shrunk toward the zero-shot weights"),
@@ -87,7 +87,7 @@ REGISTRY: dict[str, HeadSpec] = _entries(
              summary="Gaussian discriminant analysis (shared covariance) ensembled with zero-shot logits"),
     HeadSpec("caps", "CapSAdapter", "classifier", (*_SHOTS, *_TEXT), ("captions", "class_names"),
              summary="CapS-Adapter: image + caption cache and TIP-X term"),
-    HeadSpec("teen", "TEEN", "classifier", _SHOTS, ("classes", "base_classes", "class_names"),
+    HeadSpec("teen", "TEEN", "classifier", _SHOTS, ("class_embeddings", "base_classes", "class_names"),
              summary="TEEN: class prototypes calibrated toward base prototypes (or the text embeddings)"),
     HeadSpec("mcm", "MCM", "ood", _TEXT, ("class_names",), summary="maximum concept matching (max softmax of cosines)"),
     HeadSpec("maxlogit", "MaxLogit", "ood", _TEXT, ("class_names",), summary="largest cosine to a class"),
@@ -97,10 +97,10 @@ REGISTRY: dict[str, HeadSpec] = _entries(
     HeadSpec("relative-mahalanobis", "RelativeMahalanobis", "ood", _SHOTS,
              summary="Mahalanobis minus the distance to one background Gaussian"),
     HeadSpec("knn", "KNN", "ood", ("features",), summary="minus the distance to the k-th nearest ID feature"),
-    HeadSpec("clipn-ctw", "CLIPN", "ood", (*_TEXT, "no_classes"), ("class_names",), kwargs={"inference": "ctw"},
-             summary="CLIPN competing-to-win with a negation map's 'no' embeddings"),
-    HeadSpec("clipn-atd", "CLIPN", "ood", (*_TEXT, "no_classes"), ("class_names",), kwargs={"inference": "atd"},
-             summary="CLIPN agreeing-to-differ with a negation map's 'no' embeddings"),
+    HeadSpec("clipn-ctw", "CLIPN", "ood", (*_TEXT, "no_class_embeddings"), ("class_names",),
+             kwargs={"inference": "ctw"}, summary="CLIPN competing-to-win with a negation map's 'no' embeddings"),
+    HeadSpec("clipn-atd", "CLIPN", "ood", (*_TEXT, "no_class_embeddings"), ("class_names",),
+             kwargs={"inference": "atd"}, summary="CLIPN agreeing-to-differ with a negation map's 'no' embeddings"),
     HeadSpec("temperature-scaling", "TemperatureScaling", "calibrator", ("logits", "labels"),
              summary="softmax(logits / T), T fitted on held-out labelled logits"),
     HeadSpec("prior-correction", "PriorCorrection", "calibrator", ("logits",),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import Head, SoftmaxClassifier, projected, set_class_embeddings
+from ._base import Head, SoftmaxClassifier, projected, renamed_keywords, set_class_embeddings
 
 
 class ZeroShotClassifier(SoftmaxClassifier, Head):
@@ -14,16 +14,18 @@ class ZeroShotClassifier(SoftmaxClassifier, Head):
     100 follows CLIP / open_clip / CLIP_benchmark evaluation.
     """
 
-    _fitted_arrays = ("class_embeddings_", "classes_")
-    _fitted_meta = ("class_names_",)
+    _fitted_arrays = ("class_embeddings_",)
+    _fitted_meta = ("class_names_", "classes_")
 
     def __init__(self, logit_scale: float = 100.0):
         self.logit_scale = logit_scale
 
-    def fit(self, X=None, y=None, *, classes, class_names: list[str] | None = None) -> "ZeroShotClassifier":
-        """``classes``: (C, D) class embeddings, e.g. from :func:`zeroshot.class_embeddings`. X and y are unused."""
-        set_class_embeddings(self, classes, class_names)
-        self.classes_ = np.arange(len(self.class_embeddings_))
+    @renamed_keywords
+    def fit(self, X=None, y=None, *, class_embeddings=None,
+            class_names: list[str] | None = None) -> "ZeroShotClassifier":
+        """``class_embeddings``: (C, D), e.g. from :func:`zeroshot.class_embeddings`. X is unused; y, when given,
+        only names the labels that :meth:`predict` returns (``classes_``, see :func:`label_classes`)."""
+        self.classes_ = set_class_embeddings(self, class_embeddings, class_names, y)
         return self
 
     def decision_function(self, X) -> np.ndarray:

@@ -6,7 +6,7 @@ from scipy import sparse
 
 from zeroshot.features import check_features
 
-from ._base import ArgmaxClassifier, Head, check_class_embeddings, checked_class_names
+from ._base import ArgmaxClassifier, Head, check_class_embeddings, checked_class_names, renamed_keywords
 
 
 def knn(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +68,7 @@ def conjugate_gradient(L: sparse.csr_matrix, B: np.ndarray, tol: float, max_iter
 class ZLaP(ArgmaxClassifier, Head):
     """Zero-shot label propagation: class scores flow from the text nodes through a kNN graph of UNLABELLED images.
 
-    ``fit(U, classes=W)`` builds the graph on U and solves ``L z = e_c`` for each class by conjugate gradient:
+    ``fit(U, class_embeddings=W)`` builds the graph on U and solves ``L z = e_c`` for each class by conjugate gradient:
     ``transductive_scores_`` / ``transduction_`` are the scores / labels of U itself (transductive: they depend on
     all of U). ``decision_function(X)`` is the sparse inductive variant for new images: each graph node keeps only
     its best class and score, and a query sums those over its k image and k text neighbours. Rows that receive no
@@ -78,8 +78,8 @@ class ZLaP(ArgmaxClassifier, Head):
 
     is_transductive = True
     _fitted_arrays = ("class_embeddings_", "unlabelled_", "node_class_", "node_score_", "transductive_scores_",
-                      "transduction_", "classes_")
-    _fitted_meta = ("class_names_", "cg_")
+                      "transduction_")
+    _fitted_meta = ("class_names_", "classes_", "cg_")
 
     def __init__(self, k: int = 5, gamma: float = 5.0, alpha: float = 0.3, tol: float = 1e-6, max_iter: int = 50):
         self.k = k
@@ -88,14 +88,15 @@ class ZLaP(ArgmaxClassifier, Head):
         self.tol = tol
         self.max_iter = max_iter
 
-    def fit(self, X, y=None, *, classes, class_names: list[str] | None = None) -> "ZLaP":
-        """X (N, D): unlabelled image features (e.g. the test set itself); ``classes`` (C, D): the text nodes.
-        y is ignored."""
+    @renamed_keywords
+    def fit(self, X, y=None, *, class_embeddings=None, class_names: list[str] | None = None) -> "ZLaP":
+        """X (N, D): unlabelled image features (e.g. the test set itself); ``class_embeddings`` (C, D): the text
+        nodes. y is ignored (the images are unlabelled)."""
         if not 0 <= self.alpha < 1:
             raise ValueError(f"alpha must be in [0, 1) for the propagation to converge, got {self.alpha}")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
-        W = check_class_embeddings(classes)
+        W = check_class_embeddings(class_embeddings)
         U = check_features(X, dim=W.shape[1], name="unlabelled features X")
         if len(U) == 0:
             raise ValueError("ZLaP needs unlabelled images to build its graph: X is empty")
@@ -110,7 +111,7 @@ class ZLaP(ArgmaxClassifier, Head):
         self.node_class_ = Z.argmax(axis=1)
         self.node_score_ = Z.max(axis=1).astype(np.float32)
         self.transductive_scores_ = self._with_fallback(Z[C:].astype(np.float32), U)
-        self.transduction_ = self.transductive_scores_.argmax(axis=1)
+        self.transduction_ = self.transductive_scores_.argmax(axis=1)  # = classes_[...]: the labels are 0..C-1
         self.classes_ = np.arange(C)
         self.class_names_ = names
         self.n_features_in_ = W.shape[1]

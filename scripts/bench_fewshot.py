@@ -7,10 +7,12 @@ Speed: each training-free head fitted on the Tiny ImageNet support pool (16 shot
 hyperparameters fixed (the validation search is timed separately), then predicting the 10,000 val features.
 Calibration (CIFAR-10): temperature scaling of zero-shot and of GDA (16 shots, seed 1) logits, fitted on held-out
 train.npz images, ECE on test.npz; EM prior correction on test.npz subsampled to a 10:1 label shift.
+Solver timing (CIFAR-10, 16 shots, seed 1): the final fit of LinearProbe(C) against plain LogisticRegression(C) at
+fixed C values, interleaved rounds, best of 15, with the largest coefficient difference.
 
     python scripts/bench_fewshot.py [--model default] [--sets cifar10,tinyimagenet] [--out bench_out/fewshot]
                                     [--seeds 1,2,3] [--shots 1,2,4,8,16] [--no-accuracy] [--no-calibration]
-                                    [--no-speed]
+                                    [--no-speed] [--no-solver-timing]
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 import zeroshot
 from zeroshot.evaluation.fewshot import HEAD_NAMES, markdown_table, run_fewshot, sample_shots, split_per_class, write_report
-from zeroshot.heads import (GDA, TEEN, CapSAdapter, PriorCorrection, TemperatureScaling, TipAdapter, ZeroShotClassifier,
-                            ZLaP, softmax)
+from zeroshot.heads import (GDA, TEEN, CapSAdapter, LinearProbe, PriorCorrection, TemperatureScaling, TipAdapter,
+                            ZeroShotClassifier, ZLaP, softmax)
 from zeroshot.heads.calibration import calibration_metrics
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -73,13 +76,13 @@ def speed(backbone, cache) -> list[dict]:
     X, y = X_all[support_rows], val.labels[support_rows]
     card = zeroshot.load_card("tinyimagenet").select(val.classes)
     W = zeroshot.class_embeddings(backbone, card.classes, card.templates, cache_dir=cache)
-    heads = {"zero-shot": (lambda: ZeroShotClassifier().fit(classes=W), None),
-             "tip": (lambda: TipAdapter(alpha=1.0, beta=5.5).fit(X, y, classes=W), lambda: TipAdapter()),
-             "gda": (lambda: GDA(alpha=0.1).fit(X, y, classes=W), lambda: GDA()),
-             "caps": (lambda: CapSAdapter(alpha=1.0, beta=5.5, gamma=1.0, delta=0.5).fit(X, y, classes=W),
+    heads = {"zero-shot": (lambda: ZeroShotClassifier().fit(class_embeddings=W), None),
+             "tip": (lambda: TipAdapter(alpha=1.0, beta=5.5).fit(X, y, class_embeddings=W), lambda: TipAdapter()),
+             "gda": (lambda: GDA(alpha=0.1).fit(X, y, class_embeddings=W), lambda: GDA()),
+             "caps": (lambda: CapSAdapter(alpha=1.0, beta=5.5, gamma=1.0, delta=0.5).fit(X, y, class_embeddings=W),
                       lambda: CapSAdapter()),
-             "teen": (lambda: TEEN(tau=16.0, shift=0.5).fit(X, y, classes=W), lambda: TEEN()),
-             "zlap-inductive": (lambda: ZLaP().fit(X, classes=W), None)}
+             "teen": (lambda: TEEN(tau=16.0, shift=0.5).fit(X, y, class_embeddings=W), lambda: TEEN()),
+             "zlap-inductive": (lambda: ZLaP().fit(X, class_embeddings=W), None)}
     rows = []
     for name, (fit, searched) in heads.items():
         head = fit()
@@ -88,14 +91,45 @@ def speed(backbone, cache) -> list[dict]:
         row = {"head": name, "fit_s": fit_wall, "fit_cpu_s": fit_cpu, "predict_10k_s": predict_wall,
                "predict_10k_cpu_s": predict_cpu, "search_s": None}
         if searched is not None:
-            row["search_s"] = searched().fit(X, y, classes=W).search_["seconds"]
+            row["search_s"] = searched().fit(X, y, class_embeddings=W).search_["seconds"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    zlap_t = median_time(lambda: ZLaP().fit(X_all, classes=W), repeats=3)
+    zlap_t = median_time(lambda: ZLaP().fit(X_all, class_embeddings=W), repeats=3)
     rows.append({"head": "zlap (transductive, graph on all 10,000)", "fit_s": zlap_t[0], "fit_cpu_s": zlap_t[1],
                  "predict_10k_s": 0.0, "predict_10k_cpu_s": 0.0, "search_s": None})
     print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def solver_timing(backbone, cache, Cs=(1.0, 100.0, 1e4), seed: int = 1, shots: int = 16,
+                  rounds: int = 15) -> list[dict]:
+    """Final fit of ``LinearProbe(C)`` (scikit-learn's lbfgs on float64 features) against plain
+    ``LogisticRegression(C, max_iter=1000)`` (the probe's max_iter and tol) on a CIFAR-10 support set, given the
+    features as float32 (how they come; L-BFGS stops early there) and as float64 (the probe's model). Best wall
+    time of ``rounds`` rounds, the order rotated each round; ratio = probe time / LogisticRegression time."""
+    X, y = load_sets(backbone, cache, ["cifar10"])["cifar10"][:2]
+    rows = sample_shots(y, shots, seed=seed)
+    X, y = X[rows], y[rows]
+    X64 = X.astype(np.float64)
+    report = []
+    for C in Cs:
+        fits = {"probe": (LinearProbe(C=C), X), "sklearn_float32": (LogisticRegression(C=C, max_iter=1000), X),
+                "sklearn_float64": (LogisticRegression(C=C, max_iter=1000), X64)}
+        names, best = list(fits), dict.fromkeys(fits, np.inf)
+        for r in range(rounds):
+            for name in names[r % 3:] + names[:r % 3]:
+                estimator, features = fits[name]
+                start = time.perf_counter()
+                estimator.fit(features, y)
+                best[name] = min(best[name], time.perf_counter() - start)
+        probe = fits["probe"][0]
+        row = {"C": C, "seed": seed, "shots": shots, "n_iter": probe.n_iter_, **{f"{k}_s": v for k, v in best.items()}}
+        for name in ("sklearn_float64", "sklearn_float32"):
+            row[f"ratio_vs_{name}"] = best["probe"] / best[name]
+            row[f"max_coef_diff_{name}"] = float(np.abs(probe.coef_ - fits[name][0].coef_).max())
+        report.append(row)
+        print(json.dumps(row), flush=True)
+    return report
 
 
 def calibration(backbone, cache) -> dict:
@@ -104,9 +138,9 @@ def calibration(backbone, cache) -> dict:
     X, y, Xt, yt, W, _ = load_sets(backbone, cache, ["cifar10"])["cifar10"]
     shots = sample_shots(y, 16, seed=1)
     held_out = np.setdiff1d(np.arange(len(y)), shots)
-    heads = {"zero-shot": ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(classes=W),
+    heads = {"zero-shot": ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(class_embeddings=W),
              "gda (16 shots, seed 1)": GDA(random_state=1, logit_scale=backbone.logit_scale).fit(X[shots], y[shots],
-                                                                                classes=W)}
+                                                                                class_embeddings=W)}
     report = {}
     for name, head in heads.items():
         ts = TemperatureScaling().fit(head.decision_function(X[held_out]), y[held_out])
@@ -142,6 +176,7 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--no-calibration", action="store_true")
+    parser.add_argument("--no-solver-timing", action="store_true")
     args = parser.parse_args()
     backbone = zeroshot.load_backbone(args.model, device="cpu")
     cache = zeroshot.default_cache_dir()
@@ -172,6 +207,14 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "speed.json").write_text(json.dumps({"fingerprint": backbone.fingerprint, "rows": rows,
                                                     "load_average": os.getloadavg()}, indent=1))
+    if not args.no_solver_timing:
+        dataset = "CIFAR-10: 16 shots x 10 classes (seed 1) from cifar10/train.npz"
+        print(f"# solver timing: final fit, LinearProbe(C) vs LogisticRegression(C); {dataset}; fingerprint "
+              f"{backbone.fingerprint}; load average {os.getloadavg()[0]:.1f}", flush=True)
+        rows = solver_timing(backbone, cache)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "solver_timing.json").write_text(json.dumps({"fingerprint": backbone.fingerprint, "dataset": dataset,
+                                                            "rows": rows, "load_average": os.getloadavg()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def main() -> None:
     id_labels, s = np.arange(n_id) % args.classes, 39.6
     id_rows = normalise_rows(W[id_labels] + rng.standard_normal((n_id, args.dim))).astype(np.float32)
     shots = slice(16 * args.classes)  # the labels cycle through the classes: 16 shots each
-    text = {"classes": W, "no_classes": W_no}
+    text = {"class_embeddings": W, "no_class_embeddings": W_no}
     few = {**text, "features": id_rows[shots], "labels": id_labels[shots]}
     inputs = {"mcm": text, "maxlogit": text, "energy": text, "clipn-ctw": text, "clipn-atd": text, "zero-shot": text,
               "linear-probe": few, "gda": few, "tip": few,

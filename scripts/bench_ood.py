@@ -84,11 +84,11 @@ def main() -> None:
           f"({time.perf_counter() - start:.0f} s with text encoding); best epoch {best['epoch']}: held-out matched "
           f"pairs said yes {best['val_yes_acc']:.3f}, non-matching said no {best['val_no_acc']:.3f}")
 
-    side = {"classes": W, "no_classes": negation(W), "class_names": card.classes}
+    side = {"class_embeddings": W, "no_class_embeddings": negation(W), "class_names": card.classes}
     detectors = {n: fit_detector(n, logit_scale=backbone.logit_scale, train=train, **side) for n in DETECTORS}
-    detectors["mcm T=1/s (MSP)"] = MCM(temperature=1 / backbone.logit_scale).fit(classes=W)
+    detectors["mcm T=1/s (MSP)"] = MCM(temperature=1 / backbone.logit_scale).fit(class_embeddings=W)
     hand = zeroshot.class_embeddings(backbone, card.classes, HAND_NEGATIONS, cache_dir=cache)
-    detectors["clipn-atd, hand-written no prompts"] = CLIPN("atd", backbone.logit_scale).fit(classes=W, no_classes=hand)
+    detectors["clipn-atd, hand-written no prompts"] = CLIPN("atd", backbone.logit_scale).fit(class_embeddings=W, no_class_embeddings=hand)
     X_id = features["cifar10 test"].features
     rows, scores = evaluate_detectors(detectors, X_id, {n: features[n].features for n in OOD})
     print(markdown_table(rows))

@@ -73,10 +73,10 @@ def main() -> None:
         train = zeroshot.extract(model, data / "cifar10" / "train.npz", progress=False)
         mnist = zeroshot.extract(model, data / "mnist_rgb" / "test.npz", progress=False)
         features[name] = np.asarray(test.features)
-        predictions[name] = ZeroShotClassifier().fit(classes=W).predict(test.features)
+        predictions[name] = ZeroShotClassifier().fit(class_embeddings=W).predict(test.features)
         support = sample_shots(train.labels, 16, SEED)
         probe = LinearProbe(random_state=SEED).fit(train.features[support], train.labels[support])
-        mcm = MCM().fit(classes=W)
+        mcm = MCM().fit(class_embeddings=W)
         mcm_auroc = auroc(mcm.score_samples(test.features), mcm.score_samples(mnist.features))
         folder = Path(model.info["folder"])
         row[name] = {

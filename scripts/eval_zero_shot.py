@@ -55,7 +55,7 @@ def main() -> None:
         features = zeroshot.extract(backbone, data / path, cache_dir=cache, progress=False)
         card = zeroshot.load_card(card_name).select(features.classes)
         W = zeroshot.class_embeddings(backbone, card.classes, card.templates, cache_dir=cache)
-        clf = ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(classes=W, class_names=card.classes)
+        clf = ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(class_embeddings=W, class_names=card.classes)
         metrics = zeroshot.classification_metrics(clf.decision_function(features.features), features.labels)
         rows[name] = {k: metrics[k] for k in ("n", "acc1", "acc5", "mean_per_class_recall")}
         print(json.dumps({"dataset": name, "templates": len(card.templates), **rows[name]}), flush=True)

@@ -63,8 +63,8 @@ def _direct(W, W_no, X):
 def test_ctw_and_atd_scores_follow_the_formulas(head_problem):
     W, W_no, X = head_problem
     p, p_yes = _direct(W, W_no, X)
-    ctw = CLIPN("ctw", SCALE).fit(classes=W, no_classes=W_no)
-    atd = CLIPN("atd", SCALE).fit(classes=W, no_classes=W_no)
+    ctw = CLIPN("ctw", SCALE).fit(class_embeddings=W, no_class_embeddings=W_no)
+    atd = CLIPN("atd", SCALE).fit(class_embeddings=W, no_class_embeddings=W_no)
     p_yes_predicted = p_yes[np.arange(len(X)), p.argmax(1)]
     np.testing.assert_allclose(expit(ctw.score_samples(X).astype(np.float64)), p_yes_predicted, rtol=1e-4)
     s_atd = (p_yes * p).sum(1)
@@ -79,7 +79,7 @@ def test_log_odds_keep_ranking_where_sigmoids_saturate(rng):
     W = unit_rows(rng.standard_normal((3, D)))
     X = unit_rows(W[[0, 0, 1]] + 0.01 * rng.standard_normal((3, D)))
     for inference in ("ctw", "atd"):
-        s = CLIPN(inference, 100.0).fit(classes=W, no_classes=-W).score_samples(X)
+        s = CLIPN(inference, 100.0).fit(class_embeddings=W, no_class_embeddings=-W).score_samples(X)
         assert (s > 100).all() and len(np.unique(s)) == 3  # p_yes = 1 - e^-200: 1.0 in any float, not its log-odds
 
 
@@ -87,16 +87,16 @@ def test_opposite_no_embeddings_are_the_degenerate_head(rng):
     """W_no = -W_yes with positive cosines: p_no ~ 0 everywhere, so every score ties at S = 1 (AUROC 0.5)."""
     W = unit_rows(rng.standard_normal((4, D)) + 3.0)
     X_id, X_ood = unit_rows(W[[0, 1, 2]] + 0.2), unit_rows(rng.standard_normal((5, D)) + 3.0)
-    head = CLIPN("atd", 100.0).fit(classes=W, no_classes=-W)
+    head = CLIPN("atd", 100.0).fit(class_embeddings=W, no_class_embeddings=-W)
     assert np.allclose(expit(head.score_samples(np.r_[X_id, X_ood]).astype(np.float64)), 1.0)
 
 
 def test_fit_checks(head_problem):
     W, W_no, _ = head_problem
     with pytest.raises(ValueError, match="inference"):
-        CLIPN("vote").fit(classes=W, no_classes=W_no)
+        CLIPN("vote").fit(class_embeddings=W, no_class_embeddings=W_no)
     with pytest.raises(ValueError, match="one 'no' embedding per class"):
-        CLIPN().fit(classes=W, no_classes=W_no[:3])
+        CLIPN().fit(class_embeddings=W, no_class_embeddings=W_no[:3])
 
 
 def _synthetic_pairs(rng, n_concepts=12, per_concept=40):
@@ -120,7 +120,7 @@ def test_training_learns_to_say_no_and_does_not_collapse(rng):
     W = unit_rows(1.5 * txt_offset + concepts[:6])  # "class prompts" of half the concepts
     W_no = negation(W)
     assert np.abs(W_no + W).max() > 0.1 and np.abs(W_no - W).max() > 0.1  # neither t nor its opposite
-    head = CLIPN("atd", SCALE).fit(classes=W, no_classes=W_no)
+    head = CLIPN("atd", SCALE).fit(class_embeddings=W, no_class_embeddings=W_no)
     ids = unit_rows(1.5 * img_offset + concepts[np.arange(60) % 6] + 0.3 * rng.standard_normal((60, D)))
     oods = unit_rows(1.5 * img_offset + concepts[6 + np.arange(60) % 6] + 0.3 * rng.standard_normal((60, D)))
     assert auroc(head.score_samples(ids), head.score_samples(oods)) > 0.8

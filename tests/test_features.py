@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 from conftest import unit_rows
 from zeroshot.features import MANIFEST, FeatureSet, ShardStore, check_features
@@ -38,9 +39,17 @@ def test_check_features_rejects_non_finite_and_counts_rows(rng, bad):
         check_features(X)
 
 
-def test_check_features_rejects_integers():
-    with pytest.raises(ValueError, match="float"):
-        check_features(np.ones((3, DIM), dtype=np.int64))
+def test_check_features_converts_integers_and_refuses_what_is_not_a_dense_real_matrix():
+    X = check_features(np.ones((3, DIM), dtype=np.int64))
+    assert X.dtype == np.float32 and (X == 1).all()
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        check_features(np.ones((3, DIM), dtype=np.complex64))
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        check_features(scipy.sparse.csr_matrix(np.ones((3, DIM))))
+    with pytest.raises(ValueError, match=r"0 feature\(s\)"):
+        check_features(np.ones((3, 0)))
+    with pytest.raises(ValueError, match="Reshape your data"):
+        check_features(np.ones(DIM))
 
 
 def test_check_features_rejects_wrong_width(rng):

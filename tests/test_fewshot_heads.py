@@ -41,7 +41,7 @@ def problem(rng):
     return make_problem(rng)
 
 
-FEW_SHOT = {  # every head fitted on (X, y, classes=W), with settings that keep the tests fast
+FEW_SHOT = {  # every head fitted on (X, y, class_embeddings=W), with settings that keep the tests fast
     "LinearProbe": lambda: LinearProbe(),
     "LinearProbe(zero-shot init)": lambda: LinearProbe(init="zero-shot"),
     "TipAdapter": lambda: TipAdapter(),
@@ -62,7 +62,7 @@ def make_head(request):
 
 def test_fit_predict_shapes_and_probabilities(make_head, problem):
     W, X, y, X_test, y_test = problem
-    head = make_head().fit(X, y, classes=W)
+    head = make_head().fit(X, y, class_embeddings=W)
     scores = head.decision_function(X_test)
     proba = head.predict_proba(X_test)
     assert scores.shape == proba.shape == (len(X_test), C)
@@ -77,12 +77,12 @@ def test_cache_heads_beat_zero_shot_when_its_logits_are_not_too_sharp(problem):
     W, X, y, X_test, y_test = problem
     zero_shot = ((X_test @ W.T).argmax(axis=1) == y_test).mean()
     for head in (TipAdapter(logit_scale=10.0), TipAdapterF(logit_scale=10.0, epochs=3), CapSAdapter()):
-        assert head.fit(X, y, classes=W).score(X_test, y_test) > zero_shot + 0.1
+        assert head.fit(X, y, class_embeddings=W).score(X_test, y_test) > zero_shot + 0.1
 
 
 def test_search_and_split_are_recorded(make_head, problem):
     W, X, y, _, _ = problem
-    head = make_head().fit(X, y, classes=W)
+    head = make_head().fit(X, y, class_embeddings=W)
     assert head.search_["source"] == "validation split carved from the support set"
     assert set(head.chosen_) == set(head._hyperparameters) and head.search_["searched"] == list(head._hyperparameters)
     assert head.search_["n_val"] == len(head.val_index_) == C * 2 and head.search_["n_fit"] == C * (SHOTS - 2)
@@ -96,9 +96,9 @@ def test_one_shot_uses_defaults_and_says_so(make_head, problem):
     first = np.searchsorted(y, np.arange(C))
     if make_head().__class__ is GDA:
         with pytest.raises(ValueError, match="single shot"):
-            make_head().fit(X[first], y[first], classes=W)
+            make_head().fit(X[first], y[first], class_embeddings=W)
         return
-    head = make_head().fit(X[first], y[first], classes=W)
+    head = make_head().fit(X[first], y[first], class_embeddings=W)
     assert head.search_["source"].startswith("defaults: no validation samples")
     assert head.chosen_ == head._defaults and len(head.val_index_) == 0
     assert head.predict(X_test).shape == (len(X_test),)
@@ -106,14 +106,14 @@ def test_one_shot_uses_defaults_and_says_so(make_head, problem):
 
 def test_given_validation_set_is_used(make_head, problem):
     W, X, y, X_test, y_test = problem
-    head = make_head().fit(X, y, classes=W, X_val=X_test, y_val=y_test)
+    head = make_head().fit(X, y, class_embeddings=W, X_val=X_test, y_val=y_test)
     assert head.search_["source"] == "given validation set" and head.search_["n_val"] == len(X_test)
     assert head.search_["n_fit"] == len(X) and len(head.val_index_) == 0
 
 
 def test_save_load_round_trip(make_head, problem, tmp_path):
     W, X, y, X_test, _ = problem
-    head = make_head().fit(X, y, classes=W)
+    head = make_head().fit(X, y, class_embeddings=W)
     loaded = load_head(head.save(tmp_path / "head", fingerprint="fp1"), fingerprint="fp1")
     assert type(loaded) is type(head) and loaded.get_params() == head.get_params()
     assert loaded.chosen_ == head.chosen_ and loaded.search_ == head.search_
@@ -125,13 +125,32 @@ def test_save_load_round_trip(make_head, problem, tmp_path):
 def test_clone_params_and_pipeline(make_head, problem):
     W, X, y, X_test, y_test = problem
     head = make_head()
-    copy = clone(head.fit(X, y, classes=W))
+    copy = clone(head.fit(X, y, class_embeddings=W))
     assert copy.get_params() == head.get_params() and not hasattr(copy, "classes_")
     assert copy.set_params(random_state=7) is copy and copy.random_state == 7
     step = type(head).__name__.lower()
     pipe = make_pipeline(FunctionTransformer(unit_rows), head)
-    pipe.fit(X * 2.0, y, **{f"{step}__classes": W})
+    pipe.fit(X * 2.0, y, **{f"{step}__class_embeddings": W})
     np.testing.assert_array_equal(pipe.predict(X_test * 2.0), head.predict(X_test))
+
+
+def test_any_labels_scikit_learn_accepts(make_head, problem, tmp_path):
+    """String labels take class_names' order (the embeddings' order), other labels np.unique's; predict returns
+    them, y_val is read the same way, and a saved head keeps them."""
+    W, X, y, X_test, y_test = problem
+    names = np.array(["e", "d", "c", "b", "a"])  # not sorted: the order is the class embeddings'
+    reference = make_head().fit(X, y, class_embeddings=W).predict(X_test)
+    head = make_head().fit(X, names[y], class_embeddings=W, class_names=list(names))
+    assert head.classes_.tolist() == names.tolist()
+    np.testing.assert_array_equal(head.predict(X_test), names[reference])
+    loaded = load_head(head.save(tmp_path / "head"))
+    np.testing.assert_array_equal(loaded.predict(X_test), names[reference])
+    sparse_labels = np.array([3, 7, 12, 40, 41])
+    head = make_head().fit(X, sparse_labels[y], class_embeddings=W, X_val=X_test, y_val=sparse_labels[y_test])
+    reference = make_head().fit(X, y, class_embeddings=W, X_val=X_test, y_val=y_test).predict(X_test)
+    np.testing.assert_array_equal(head.predict(X_test), sparse_labels[reference])
+    with pytest.raises(ValueError, match=r"y_val has labels \[99\] outside the 5 classes"):
+        make_head().fit(X, sparse_labels[y], class_embeddings=W, X_val=X_test[:1], y_val=[99])
 
 
 def test_not_fitted_and_bad_inputs(make_head, problem):
@@ -139,25 +158,25 @@ def test_not_fitted_and_bad_inputs(make_head, problem):
     with pytest.raises(NotFittedError):
         make_head().predict(X_test)
     head = make_head()
-    with pytest.raises(ValueError, match="outside the 5 classes"):
-        head.fit(X, np.where(y == 4, 9, y), classes=W)
+    with pytest.raises(ValueError, match="6 distinct labels but there are 5 classes"):
+        head.fit(X, np.where(np.arange(len(y)) == 0, 9, y), class_embeddings=W)
+    with pytest.raises(ValueError, match=r"\(-1 marks an unlabelled sample: drop those rows\)"):
+        head.fit(X, np.where(np.arange(len(y)) == 0, -1, y), class_embeddings=W)
     with pytest.raises(ValueError, match="classes \\[3\\]\\): give every class at least one shot"):
-        head.fit(X[y != 3], y[y != 3], classes=W)
+        head.fit(X[y != 3], y[y != 3], class_embeddings=W)
     with pytest.raises(ValueError, match="one label per feature row"):
-        head.fit(X, y[:-1], classes=W)
-    with pytest.raises(ValueError, match="integer class indices"):
-        head.fit(X, y.astype(float), classes=W)
-    with pytest.raises(ValueError, match="negative labels"):
-        head.fit(X, np.where(y == 0, -1, y), classes=W)
+        head.fit(X, y[:-1], class_embeddings=W)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        head.fit(X, y + 0.5, class_embeddings=W)
     bad = X.copy()
     bad[2, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        head.fit(bad, y, classes=W)
+        head.fit(bad, y, class_embeddings=W)
     with pytest.raises(ValueError, match="another backbone"):
-        head.fit(X[:, :8], y, classes=W)
+        head.fit(X[:, :8], y, class_embeddings=W)
     with pytest.raises(ValueError, match="X_val and y_val"):
-        head.fit(X, y, classes=W, X_val=X_test)
-    fitted = make_head().fit(X, y, classes=W)
+        head.fit(X, y, class_embeddings=W, X_val=X_test)
+    fitted = make_head().fit(X, y, class_embeddings=W)
     with pytest.raises(ValueError, match="another backbone"):
         fitted.predict(X_test[:, :8])
 
@@ -186,17 +205,17 @@ def test_carve_validation_is_stratified_seeded_and_disjoint():
 
 def test_tip_adapter_with_alpha_zero_equals_zero_shot(problem):
     W, X, y, X_test, _ = problem
-    tip = TipAdapter(alpha=0.0, beta=5.5).fit(X, y, classes=W)
-    zero_shot = ZeroShotClassifier(logit_scale=100.0).fit(classes=W)
+    tip = TipAdapter(alpha=0.0, beta=5.5).fit(X, y, class_embeddings=W)
+    zero_shot = ZeroShotClassifier(logit_scale=100.0).fit(class_embeddings=W)
     np.testing.assert_array_equal(tip.decision_function(X_test), zero_shot.decision_function(X_test))
     assert tip.search_["source"] == "all fixed by the user"
 
 
 def test_tip_adapter_cache_limits(problem):
     W, X, y, X_test, _ = problem
-    flat = TipAdapter(alpha=1.0, beta=1e-9).fit(X, y, classes=W)  # beta -> 0: the cache adds the shot counts
+    flat = TipAdapter(alpha=1.0, beta=1e-9).fit(X, y, class_embeddings=W)  # beta -> 0: the cache adds the shot counts
     np.testing.assert_allclose(flat.decision_function(X_test) - 100 * X_test @ W.T, SHOTS, rtol=1e-4)
-    sharp = TipAdapter(alpha=1.0, beta=1e3, logit_scale=0.0).fit(X, y, classes=W)  # a key as query: its class
+    sharp = TipAdapter(alpha=1.0, beta=1e3, logit_scale=0.0).fit(X, y, class_embeddings=W)  # a key as query: its class
     np.testing.assert_array_equal(sharp.predict(X), y)
     logits = sharp.decision_function(X[:3])
     np.testing.assert_allclose(logits[np.arange(3), y[:3]], 1.0, rtol=1e-3)  # float32 cosines times beta = 1e3
@@ -204,16 +223,16 @@ def test_tip_adapter_cache_limits(problem):
 
 def test_tip_adapter_searches_the_official_grid(problem):
     W, X, y, _, _ = problem
-    head = TipAdapter().fit(X, y, classes=W)
+    head = TipAdapter().fit(X, y, class_embeddings=W)
     assert 0.1 <= head.chosen_["alpha"] < 3 and 0.1 <= head.chosen_["beta"] < 7
-    fixed_beta = TipAdapter(beta=2.0).fit(X, y, classes=W)
+    fixed_beta = TipAdapter(beta=2.0).fit(X, y, class_embeddings=W)
     assert fixed_beta.chosen_["beta"] == 2.0 and fixed_beta.search_["searched"] == ["alpha"]
 
 
 def test_tip_adapter_warns_when_shots_differ(problem):
     W, X, y, _, _ = problem
     with pytest.warns(UserWarning, match="shots per class differ"):
-        TipAdapter(alpha=1.0, beta=1.0).fit(X[1:], y[1:], classes=W)
+        TipAdapter(alpha=1.0, beta=1.0).fit(X[1:], y[1:], class_embeddings=W)
 
 
 def test_cache_key_gradient_matches_finite_differences(rng):
@@ -234,12 +253,12 @@ def test_cache_key_gradient_matches_finite_differences(rng):
 
 def test_tip_adapter_f_trains_keys_and_without_epochs_is_tip(problem):
     W, X, y, X_test, _ = problem
-    tip = TipAdapter(alpha=1.0, beta=5.0).fit(X, y, classes=W)
-    untrained = TipAdapterF(alpha=1.0, beta=5.0, epochs=0).fit(X, y, classes=W)
+    tip = TipAdapter(alpha=1.0, beta=5.0).fit(X, y, class_embeddings=W)
+    untrained = TipAdapterF(alpha=1.0, beta=5.0, epochs=0).fit(X, y, class_embeddings=W)
     np.testing.assert_allclose(untrained.decision_function(X_test), tip.decision_function(X_test), rtol=1e-6)
-    trained = TipAdapterF(alpha=1.0, beta=5.0, epochs=5).fit(X, y, classes=W)
+    trained = TipAdapterF(alpha=1.0, beta=5.0, epochs=5).fit(X, y, class_embeddings=W)
     assert np.abs(trained.cache_keys_ - tip.cache_keys_).max() > 1e-3
-    again = TipAdapterF(alpha=1.0, beta=5.0, epochs=5).fit(X, y, classes=W)
+    again = TipAdapterF(alpha=1.0, beta=5.0, epochs=5).fit(X, y, class_embeddings=W)
     np.testing.assert_array_equal(again.cache_keys_, trained.cache_keys_)  # seeded
 
 
@@ -259,7 +278,7 @@ class FixedCovariance:
 
 def _gda_discriminant(rng, cov_estimator, priors):
     W, X, y, X_test, _ = make_problem(rng, shots=60)
-    gda = GDA(alpha=1.0, cov_estimator=cov_estimator, priors=priors).fit(X, y, classes=W)
+    gda = GDA(alpha=1.0, cov_estimator=cov_estimator, priors=priors).fit(X, y, class_embeddings=W)
     return gda, X.astype(np.float64), y, X_test
 
 
@@ -289,7 +308,7 @@ def test_gda_recovers_the_analytic_lda_solution(rng):
     y = np.repeat([0, 1], 20000)
     X = (mu[y] + rng.standard_normal((len(y), 4)) @ np.sqrt(sigma)).astype(np.float32)
     X /= 10  # any scale: the head only needs finite rows
-    gda = GDA(alpha=1.0, cov_estimator="empirical").fit(X, y, classes=np.eye(2, 4))
+    gda = GDA(alpha=1.0, cov_estimator="empirical").fit(X, y, class_embeddings=np.eye(2, 4))
     coef = np.linalg.solve(sigma / 100, (mu / 10).T).T
     np.testing.assert_allclose(gda.coef_, coef, rtol=0.03, atol=0.3)
 
@@ -298,18 +317,18 @@ def test_gda_errors_name_the_fix(problem):
     W, X, y, _, _ = problem
     two = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(C)])  # 10 rows: rank 5 < 16 dims
     with pytest.raises(ValueError, match="singular.*ledoit_wolf"):
-        GDA(alpha=1.0, cov_estimator="empirical").fit(X[two], y[two], classes=W)
+        GDA(alpha=1.0, cov_estimator="empirical").fit(X[two], y[two], class_embeddings=W)
     with pytest.raises(ValueError, match="unknown cov_estimator"):
-        GDA(alpha=1.0, cov_estimator="nope").fit(X, y, classes=W)
+        GDA(alpha=1.0, cov_estimator="nope").fit(X, y, class_embeddings=W)
     with pytest.raises(ValueError, match="priors"):
-        GDA(alpha=1.0, priors="zipf").fit(X, y, classes=W)
-    GDA(alpha=1.0, cov_estimator="ledoit_wolf").fit(X, y, classes=W)
+        GDA(alpha=1.0, priors="zipf").fit(X, y, class_embeddings=W)
+    GDA(alpha=1.0, cov_estimator="ledoit_wolf").fit(X, y, class_embeddings=W)
 
 
 def test_gda_two_shots_falls_back_to_default_alpha_with_the_reason(problem):
     W, X, y, _, _ = problem
     two = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(C)])
-    head = GDA().fit(X[two], y[two], classes=W)
+    head = GDA().fit(X[two], y[two], class_embeddings=W)
     assert head.search_["source"].startswith("defaults: no covariance on the fit part")
     assert head.chosen_ == {"alpha": 0.1}
 
@@ -362,11 +381,11 @@ def test_bracket_search_finds_the_peak_of_a_unimodal_curve(peak):
 
 def test_linear_probe_zero_shot_init_keeps_zero_shot_under_strong_regularisation(problem):
     W, X, y, X_test, _ = problem
-    probe = LinearProbe(C=1e-8, init="zero-shot").fit(X, y, classes=W)
+    probe = LinearProbe(C=1e-8, init="zero-shot").fit(X, y, class_embeddings=W)
     np.testing.assert_allclose(probe.coef_, 100 * W, atol=1e-3)
-    assert np.abs(LinearProbe(C=1e-8).fit(X, y, classes=W).coef_).max() < 1e-3
+    assert np.abs(LinearProbe(C=1e-8).fit(X, y, class_embeddings=W).coef_).max() < 1e-3
     with pytest.raises(ValueError, match="init must be"):
-        LinearProbe(init="random").fit(X, y, classes=W)
+        LinearProbe(init="random").fit(X, y, class_embeddings=W)
 
 
 def test_linear_probe_warns_when_lbfgs_does_not_converge(problem):
@@ -380,18 +399,18 @@ def test_linear_probe_warns_when_lbfgs_does_not_converge(problem):
 
 def test_caps_adapter_reduces_to_zero_shot_and_to_tip_adapter(problem):
     W, X, y, X_test, _ = problem
-    zero_shot = ZeroShotClassifier().fit(classes=W).decision_function(X_test)
-    caps = CapSAdapter(alpha=0.0, beta=5.0, gamma=0.0, delta=0.5).fit(X, y, classes=W)
+    zero_shot = ZeroShotClassifier().fit(class_embeddings=W).decision_function(X_test)
+    caps = CapSAdapter(alpha=0.0, beta=5.0, gamma=0.0, delta=0.5).fit(X, y, class_embeddings=W)
     np.testing.assert_allclose(caps.decision_function(X_test), zero_shot, rtol=1e-6, atol=1e-4)
-    tip = TipAdapter(alpha=2.0, beta=5.0).fit(X, y, classes=W)
-    caps = CapSAdapter(alpha=2.0, beta=5.0, gamma=0.0, delta=0.0).fit(X, y, classes=W)
+    tip = TipAdapter(alpha=2.0, beta=5.0).fit(X, y, class_embeddings=W)
+    caps = CapSAdapter(alpha=2.0, beta=5.0, gamma=0.0, delta=0.0).fit(X, y, class_embeddings=W)
     np.testing.assert_allclose(caps.decision_function(X_test), tip.decision_function(X_test), rtol=1e-5, atol=1e-4)
     assert caps.caption_source_.startswith("card templates")
 
 
 def test_caps_tipx_term_equals_the_explicit_sum_over_keys(problem):
     W, X, y, X_test, _ = problem
-    head = CapSAdapter(alpha=1.0, beta=5.0, gamma=1.0, delta=0.5).fit(X, y, classes=W)
+    head = CapSAdapter(alpha=1.0, beta=5.0, gamma=1.0, delta=0.5).fit(X, y, class_embeddings=W)
     kl = kl_matrix(X_test, head.cache_keys_, W, head.tau)  # the spec: min-max rescale each KL, then sum per class
     (k_min, k_max), (s_min, s_max) = head.kl_range_, head.sim_range_
     rescaled = (kl - k_min) / (k_max - k_min) * (s_max - s_min) + s_min
@@ -405,12 +424,12 @@ def test_caps_tipx_term_equals_the_explicit_sum_over_keys(problem):
 def test_caps_adapter_takes_user_captions_and_uses_the_kl_term(problem, rng):
     W, X, y, X_test, _ = problem
     captions = unit_rows(W[y] + 0.3 * rng.standard_normal((len(y), D)))
-    head = CapSAdapter(alpha=1.0, beta=5.0, gamma=1.0, delta=1.0).fit(X, y, classes=W, captions=captions)
+    head = CapSAdapter(alpha=1.0, beta=5.0, gamma=1.0, delta=1.0).fit(X, y, class_embeddings=W, captions=captions)
     assert head.caption_source_ == "user captions"
-    without_kl = CapSAdapter(alpha=1.0, beta=5.0, gamma=0.0, delta=1.0).fit(X, y, classes=W, captions=captions)
+    without_kl = CapSAdapter(alpha=1.0, beta=5.0, gamma=0.0, delta=1.0).fit(X, y, class_embeddings=W, captions=captions)
     assert not np.allclose(head.decision_function(X_test), without_kl.decision_function(X_test))
     with pytest.raises(ValueError, match="one caption feature per shot"):
-        CapSAdapter().fit(X, y, classes=W, captions=captions[:-1])
+        CapSAdapter().fit(X, y, class_embeddings=W, captions=captions[:-1])
 
 
 # ---------------------------------------------------------------- ZLaP
@@ -443,7 +462,7 @@ def test_zlap_graph_and_cg_match_a_dense_solve(rng):
     B = np.eye(50, 4)
     np.testing.assert_allclose(conjugate_gradient(sparse.csr_matrix(dense), B, 1e-10, 200), np.linalg.solve(dense, B),
                                atol=1e-8)
-    head = ZLaP().fit(U, classes=W)
+    head = ZLaP().fit(U, class_embeddings=W)
     np.testing.assert_allclose(head.transductive_scores_, np.linalg.solve(dense, B)[4:], atol=1e-5)
     assert head.cg_["max_residual"] < 1e-5
 
@@ -451,14 +470,14 @@ def test_zlap_graph_and_cg_match_a_dense_solve(rng):
 def test_zlap_scores_are_equivariant_to_permuting_the_images(rng):
     W, _, _, U, _ = make_problem(rng)
     perm = rng.permutation(len(U))
-    a, b = ZLaP().fit(U, classes=W), ZLaP().fit(U[perm], classes=W)
+    a, b = ZLaP().fit(U, class_embeddings=W), ZLaP().fit(U[perm], class_embeddings=W)
     np.testing.assert_allclose(b.transductive_scores_, a.transductive_scores_[perm], rtol=1e-4, atol=1e-6)
 
 
 def test_zlap_propagation_beats_zero_shot_on_clustered_images(rng):
     W, _, _, U, y = make_problem(rng, n_test=100, gap=0.3)
     zero_shot = ((U @ W.T).argmax(axis=1) == y).mean()
-    head = ZLaP().fit(U, classes=W)
+    head = ZLaP().fit(U, class_embeddings=W)
     assert (head.transduction_ == y).mean() > zero_shot + 0.03
     assert (head.predict(U) == y).mean() > zero_shot  # the inductive variant, on the same images
     assert ZLaP.is_transductive
@@ -466,7 +485,7 @@ def test_zlap_propagation_beats_zero_shot_on_clustered_images(rng):
 
 def test_zlap_inductive_sparse_scores(rng, tmp_path):
     W, _, _, U, y = make_problem(rng, n_test=60)
-    head = ZLaP().fit(U, classes=W, class_names=list("abcde"))
+    head = ZLaP().fit(U, class_embeddings=W, class_names=list("abcde"))
     queries = U[:7]
     scores = head.decision_function(queries)
     assert scores.shape == (7, C) and (scores >= 0).all()
@@ -479,17 +498,17 @@ def test_zlap_query_without_positive_neighbours_falls_back_to_zero_shot(rng):
     W = np.eye(3, 8, dtype=np.float32)
     U = unit_rows(np.abs(rng.standard_normal((20, 8))))  # all in the positive orthant
     query = unit_rows(-np.array([[1.0, 2, 3, 1, 0, 0, 0, 0]], np.float32))  # negative to every node
-    np.testing.assert_allclose(ZLaP().fit(U, classes=W).decision_function(query), query @ W.T, atol=1e-6)
+    np.testing.assert_allclose(ZLaP().fit(U, class_embeddings=W).decision_function(query), query @ W.T, atol=1e-6)
 
 
 def test_zlap_errors(rng):
     W = unit_rows(rng.standard_normal((3, 8)))
     with pytest.raises(ValueError, match="alpha must be in"):
-        ZLaP(alpha=1.0).fit(unit_rows(rng.standard_normal((10, 8))), classes=W)
+        ZLaP(alpha=1.0).fit(unit_rows(rng.standard_normal((10, 8))), class_embeddings=W)
     with pytest.raises(ValueError, match="empty"):
-        ZLaP().fit(np.zeros((0, 8), np.float32), classes=W)
+        ZLaP().fit(np.zeros((0, 8), np.float32), class_embeddings=W)
     with pytest.raises(ValueError, match="another backbone"):
-        ZLaP().fit(unit_rows(rng.standard_normal((10, 4))), classes=W)
+        ZLaP().fit(unit_rows(rng.standard_normal((10, 4))), class_embeddings=W)
 
 
 # ---------------------------------------------------------------- calibration
@@ -568,9 +587,9 @@ def test_teen_calibrates_few_shot_classes_toward_base_prototypes(rng):
     shifted = TEEN(tau=16.0, shift=0.5).fit(X[~few], y[~few], base_classes=[0, 1, 2])
     np.testing.assert_allclose(shifted.prototypes_[:3], plain.prototypes_[:3], atol=1e-6)  # base classes stay
     assert np.abs(shifted.prototypes_[3:] - plain.prototypes_[3:]).max() > 1e-3
-    text_based = TEEN().fit(X, y, classes=W)
+    text_based = TEEN().fit(X, y, class_embeddings=W)
     assert text_based.base_classes_ == [] and text_based.search_["searched"] == ["tau", "shift"]
-    with pytest.raises(ValueError, match=r"give base_classes \(.*\) or classes"):
+    with pytest.raises(ValueError, match=r"give base_classes \(.*\) or class_embeddings"):
         TEEN().fit(X, y)
     with pytest.raises(ValueError, match="some, not all"):
         TEEN().fit(X, y, base_classes=range(C))

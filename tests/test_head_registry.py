@@ -24,8 +24,8 @@ def inputs() -> dict:
     W = normalise_rows(rng.standard_normal((C, D))).astype(np.float32)
     y = np.repeat(np.arange(C), N_PER_CLASS)
     X = normalise_rows(W[y] + 0.6 * rng.standard_normal((len(y), D))).astype(np.float32)
-    return {"features": X, "labels": y, "classes": W, "class_names": ["a", "b", "c"],
-            "no_classes": normalise_rows(rng.standard_normal((C, D))).astype(np.float32),
+    return {"features": X, "labels": y, "class_embeddings": W, "class_names": ["a", "b", "c"],
+            "no_class_embeddings": normalise_rows(rng.standard_normal((C, D))).astype(np.float32),
             "captions": normalise_rows(W[y] + 0.3 * rng.standard_normal((len(y), D))).astype(np.float32),
             "logits": 10 * X @ W.T}
 

@@ -220,7 +220,7 @@ def test_load_refuses_changed_ids(data, tmp_path):
 def test_bad_input_gets_clear_errors(data):
     X, ids, Q = data
     index = Index.build(X, ids, factory="Flat")
-    with pytest.raises(ValueError, match="32 were expected"):
+    with pytest.raises(ValueError, match="expecting 32 features"):
         index.search(np.ones((2, 7), np.float32))
     bad = Q[:3].copy()
     bad[1, 0] = np.nan
@@ -348,7 +348,7 @@ def test_add_features_appends_rows_ids_and_paths_with_the_trained_quantizer(data
         index.add_features(feature_set(X[:2], ids[:2], str(tmp_path)))
     with pytest.raises(ValueError, match=r"backbone 'modelA' \(fingerprint fp-a\), not fp-b"):
         index.add_features(feature_set(X[:2], ["new1", "new2"], str(tmp_path), "fp-b"))
-    with pytest.raises(ValueError, match="32 were expected"):
+    with pytest.raises(ValueError, match="expecting 32 features"):
         index.add_features(feature_set(np.ones((2, 7), np.float32), ["n1", "n2"], str(tmp_path)))
 
 

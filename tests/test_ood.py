@@ -112,11 +112,11 @@ def _fitted(name, problem):
     W, X, y, _ = problem
     train, y_train = X[::2], y[::2]  # the odd rows are held-out ID samples
     # T = 0.1: with 4 classes, T = 1 on raw cosines barely spreads the softmax (formula tested separately)
-    return {"MCM": lambda: MCM(temperature=0.1).fit(classes=W), "MaxLogit": lambda: MaxLogit().fit(classes=W),
-            "Energy": lambda: Energy().fit(classes=W), "Mahalanobis": lambda: Mahalanobis().fit(train, y_train),
+    return {"MCM": lambda: MCM(temperature=0.1).fit(class_embeddings=W), "MaxLogit": lambda: MaxLogit().fit(class_embeddings=W),
+            "Energy": lambda: Energy().fit(class_embeddings=W), "Mahalanobis": lambda: Mahalanobis().fit(train, y_train),
             "RelativeMahalanobis": lambda: RelativeMahalanobis().fit(train, y_train),
             "KNN": lambda: KNN(k=5).fit(train),
-            "CLIPN": lambda: CLIPN().fit(classes=W, no_classes=unit_rows(W[::-1] + 0.5))}[name]()
+            "CLIPN": lambda: CLIPN().fit(class_embeddings=W, no_class_embeddings=unit_rows(W[::-1] + 0.5))}[name]()
 
 
 DETECTORS = ["MCM", "MaxLogit", "Energy", "Mahalanobis", "RelativeMahalanobis", "KNN", "CLIPN"]
@@ -146,10 +146,74 @@ def test_sklearn_protocol_and_save_load(name, problem, tmp_path):
 
 
 @pytest.mark.parametrize("name", DETECTORS)
+def test_outlier_detector_api(name, problem, tmp_path):
+    """scikit-learn's outlier API: offset_ is the kept threshold, decision_function = score_samples - offset_,
+    predict is +1 / -1 by its sign; calibrate keeps the asked share of held-out ID samples; save/load keeps it."""
+    X_held_out, X_ood = problem[1][1::2], problem[3]
+    detector = _fitted(name, problem).calibrate(X_held_out, tpr=0.9)
+    assert detector.offset_ == threshold_at_tpr(detector.score_samples(X_held_out), 0.9)
+    np.testing.assert_array_equal(detector.decision_function(X_ood),
+                                  detector.score_samples(X_ood) - np.float32(detector.offset_))
+    predicted = detector.predict(np.vstack([X_held_out, X_ood]))
+    assert predicted.dtype.kind == "i" and set(np.unique(predicted)) <= {-1, 1}
+    assert (predicted[:len(X_held_out)] == 1).mean() >= 0.9
+    np.testing.assert_array_equal(predicted, np.where(detector.decision_function(np.vstack([X_held_out, X_ood]))
+                                                      >= 0, 1, -1))
+    loaded = load_head(detector.save(tmp_path / name))
+    assert loaded.offset_ == detector.offset_
+    np.testing.assert_array_equal(loaded.predict(X_ood), detector.predict(X_ood))
+
+
+def test_text_detectors_have_a_threshold_only_when_given_id_images(problem):
+    W, X, _, X_ood = problem
+    unset = MaxLogit().fit(class_embeddings=W)
+    assert unset.offset_ is None
+    with pytest.raises(ValueError, match=r"no threshold yet \(offset_ is None\): call calibrate"):
+        unset.predict(X_ood)
+    kept = MaxLogit().fit(X, class_embeddings=W)
+    assert kept.offset_ == threshold_at_tpr(kept.score_samples(X), 0.95)
+    clipn = _fitted("CLIPN", problem)  # no threshold: CLIPN's own threshold-free rule decides
+    assert clipn.offset_ is None and set(np.unique(clipn.predict(X_ood))) <= {-1, 1}
+
+
+def test_feature_detectors_keep_the_95_percent_threshold_at_fit(problem):
+    """KNN scores each training row without itself (its own nearest neighbour), as a new sample would be scored;
+    Mahalanobis uses the in-sample scores."""
+    _, X, y, _ = problem
+    train = X[::2]
+    knn = KNN(k=5).fit(train)
+    inner = train @ train.T
+    kth_other = -np.sqrt(np.maximum(0, 2 - 2 * np.sort(inner, axis=1)[:, -6]))  # 6th largest: the 5th besides itself
+    assert knn.offset_ == pytest.approx(threshold_at_tpr(kth_other.astype(np.float32), 0.95), abs=1e-6)
+    assert (knn.score_samples(train) >= knn.offset_).mean() > 0.95  # with itself as a neighbour it scores better
+    maha = Mahalanobis().fit(train, y[::2])
+    assert maha.offset_ == threshold_at_tpr(maha.score_samples(train), 0.95)
+
+
+def test_heads_saved_in_format_1_load_with_their_threshold(problem, tmp_path):
+    """Before format 2, classes_ was a tensor and a detector's threshold lived beside it in head.json."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    W, X, y, X_ood = problem
+    folder = Mahalanobis().fit(X, y).save(tmp_path / "old")
+    meta = json.loads((folder / "head.json").read_text())
+    del meta["format"]
+    meta["threshold"] = meta["fitted"].pop("offset_") - 1.0
+    arrays = load_file(str(folder / "head.safetensors")) | {"classes_": np.asarray(meta["fitted"].pop("classes_"))}
+    save_file(arrays, str(folder / "head.safetensors"))
+    (folder / "head.json").write_text(json.dumps(meta))
+    loaded = load_head(folder)
+    assert loaded.offset_ == meta["threshold"] and loaded.classes_.tolist() == list(range(C))
+    np.testing.assert_array_equal(loaded.score_samples(X_ood), Mahalanobis().fit(X, y).score_samples(X_ood))
+
+
+@pytest.mark.parametrize("name", DETECTORS)
 def test_bad_features_raise_clearly(name, problem):
     detector = _fitted(name, problem)
     X = problem[3][:5].copy()
-    with pytest.raises(ValueError, match="features per row"):
+    with pytest.raises(ValueError, match="expecting 16 features"):
         detector.score_samples(X[:, :-1])
     with pytest.raises(ValueError, match="2-D"):
         detector.score_samples(X[0])
@@ -171,7 +235,7 @@ def test_mcm_is_the_max_softmax_of_cosines_in_log_space(problem):
     for T in (1.0, 0.05):
         z = X.astype(np.float64) @ W.T.astype(np.float64) / T
         p = np.exp(z - logsumexp(z, axis=1, keepdims=True))
-        np.testing.assert_allclose(np.exp(MCM(temperature=T).fit(classes=W).score_samples(X)), p.max(1), rtol=1e-5)
+        np.testing.assert_allclose(np.exp(MCM(temperature=T).fit(class_embeddings=W).score_samples(X)), p.max(1), rtol=1e-5)
 
 
 def test_mcm_refuses_one_class_whose_score_would_be_constant(problem):
@@ -179,21 +243,21 @@ def test_mcm_refuses_one_class_whose_score_would_be_constant(problem):
     z = X @ W[:1].T  # with one class the softmax is exp(z - logsumexp(z)) = 1 for every row
     assert np.all(z.max(1) - logsumexp(z, axis=1) == 0)
     with pytest.raises(ValueError, match="at least two ID classes"):
-        MCM().fit(classes=W[:1])
-    MaxLogit().fit(classes=W[:1])  # single-class alternatives work
-    Energy().fit(classes=W[:1])
+        MCM().fit(class_embeddings=W[:1])
+    MaxLogit().fit(class_embeddings=W[:1])  # single-class alternatives work
+    Energy().fit(class_embeddings=W[:1])
 
 
 def test_max_logit_and_energy_formulas(problem):
     W, _, _, X = problem
     cos = X.astype(np.float64) @ W.T.astype(np.float64)
-    np.testing.assert_allclose(MaxLogit().fit(classes=W).score_samples(X), cos.max(1), atol=1e-6)
-    np.testing.assert_allclose(Energy(temperature=2.0, logit_scale=50.0).fit(classes=W).score_samples(X),
+    np.testing.assert_allclose(MaxLogit().fit(class_embeddings=W).score_samples(X), cos.max(1), atol=1e-6)
+    np.testing.assert_allclose(Energy(temperature=2.0, logit_scale=50.0).fit(class_embeddings=W).score_samples(X),
                                2.0 * logsumexp(50.0 * cos / 2.0, axis=1), atol=1e-5)
-    np.testing.assert_allclose(Energy(logit_scale=None).fit(classes=W).score_samples(X), logsumexp(cos, axis=1),
+    np.testing.assert_allclose(Energy(logit_scale=None).fit(class_embeddings=W).score_samples(X), logsumexp(cos, axis=1),
                                atol=1e-6)
     with pytest.raises(ValueError, match="temperature"):
-        Energy(temperature=0).fit(classes=W)
+        Energy(temperature=0).fit(class_embeddings=W)
 
 
 def _direct_mahalanobis(X, y, queries, eps=1e-6):
@@ -267,7 +331,7 @@ def test_few_samples_get_shrinkage_and_a_warning(rng):
 
 def test_mahalanobis_label_errors(problem):
     _, X, y, _ = problem
-    with pytest.raises(ValueError, match="fewer than 2"):
+    with pytest.raises(ValueError, match="have 1 sample each"):
         Mahalanobis().fit(X[:101], y[:101])  # class 1 has a single sample
     with pytest.raises(ValueError, match="shape"):
         Mahalanobis().fit(X, y[:-1])
@@ -303,7 +367,7 @@ def test_knn_ivf_index_probing_every_list_is_exact(rng):
 
 def test_evaluate_detectors_rows(problem):
     W, X, y, X_ood = problem
-    rows, scores = evaluate_detectors({"mcm": MCM().fit(classes=W), "maha": Mahalanobis().fit(X, y)}, X,
+    rows, scores = evaluate_detectors({"mcm": MCM().fit(class_embeddings=W), "maha": Mahalanobis().fit(X, y)}, X,
                                       {"a": X_ood, "b": X_ood[:50]})
     assert [(r["detector"], r["ood"]) for r in rows] == [("mcm", "a"), ("mcm", "b"), ("maha", "a"), ("maha", "b")]
     assert set(scores["maha"]) == {"ID", "a", "b"} and rows[3]["n_out"] == 50
@@ -316,22 +380,22 @@ def test_one_pass_scores_equal_the_old_scipy_formulas(inference, rng):
     W, W_no = unit_rows(rng.standard_normal((5, 12))), unit_rows(rng.standard_normal((5, 12)))
     X = unit_rows(rng.standard_normal((300, 12)))
     cos = (X @ W.T).astype(np.float64)
-    np.testing.assert_allclose(MCM(temperature=0.5).fit(classes=W).score_samples(X),
+    np.testing.assert_allclose(MCM(temperature=0.5).fit(class_embeddings=W).score_samples(X),
                                cos.max(axis=1) / 0.5 - logsumexp(cos / 0.5, axis=1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(Energy(logit_scale=40.0).fit(classes=W).score_samples(X),
+    np.testing.assert_allclose(Energy(logit_scale=40.0).fit(class_embeddings=W).score_samples(X),
                                logsumexp(40.0 * cos, axis=1), rtol=1e-5)
     yes, no = 40.0 * cos, 40.0 * (X @ W_no.T).astype(np.float64)
     log_p, z = yes - logsumexp(yes, axis=1, keepdims=True), yes - no
     old = (np.take_along_axis(z, log_p.argmax(axis=1)[:, None], axis=1)[:, 0] if inference == "ctw" else
            logsumexp(log_p + log_expit(z), axis=1) - logsumexp(log_p + log_expit(-z), axis=1))
-    np.testing.assert_allclose(CLIPN(inference, 40.0).fit(classes=W, no_classes=W_no).score_samples(X), old,
+    np.testing.assert_allclose(CLIPN(inference, 40.0).fit(class_embeddings=W, no_class_embeddings=W_no).score_samples(X), old,
                                rtol=1e-5, atol=1e-5)
 
 
 def test_one_pass_checks_keep_their_errors_and_warning(rng):
     W = unit_rows(rng.standard_normal((3, 12)))
     X = unit_rows(rng.standard_normal((40, 12)))
-    for detector in (MCM().fit(classes=W), Energy().fit(classes=W), MaxLogit().fit(classes=W)):
+    for detector in (MCM().fit(class_embeddings=W), Energy().fit(class_embeddings=W), MaxLogit().fit(class_embeddings=W)):
         bad = X.copy()
         bad[7, 2] = np.nan
         with pytest.raises(ValueError, match="NaN or inf in 1 rows"):
@@ -347,7 +411,7 @@ def test_norms_are_checked_on_every_row_of_a_small_matrix_and_a_sample_of_a_larg
     import zeroshot.features as features
 
     W = unit_rows(rng.standard_normal((3, 12)))
-    detector = MaxLogit().fit(classes=W)
+    detector = MaxLogit().fit(class_embeddings=W)
     X = unit_rows(rng.standard_normal((40, 12)))
     X[17] *= 2
     with pytest.warns(UserWarning, match="not unit length"):

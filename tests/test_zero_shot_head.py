@@ -23,7 +23,7 @@ def problem(rng):
 
 def test_classifies_near_class_rows_perfectly(problem):
     W, X, y = problem
-    head = ZeroShotClassifier().fit(classes=W)
+    head = ZeroShotClassifier().fit(class_embeddings=W)
     np.testing.assert_array_equal(head.predict(X), y)
     assert head.score(X, y) == 1.0
     np.testing.assert_array_equal(head.classes_, np.arange(C))
@@ -31,7 +31,7 @@ def test_classifies_near_class_rows_perfectly(problem):
 
 def test_decision_function_is_scaled_cosine(problem):
     W, X, _ = problem
-    head = ZeroShotClassifier(logit_scale=37.5).fit(classes=W)
+    head = ZeroShotClassifier(logit_scale=37.5).fit(class_embeddings=W)
     logits = head.decision_function(X)
     assert logits.shape == (len(X), C)
     np.testing.assert_allclose(logits, 37.5 * X.astype(np.float64) @ W.T.astype(np.float64), rtol=1e-5, atol=1e-4)
@@ -39,7 +39,7 @@ def test_decision_function_is_scaled_cosine(problem):
 
 def test_default_logit_scale_is_100(problem):
     W, X, _ = problem
-    head = ZeroShotClassifier().fit(classes=W)
+    head = ZeroShotClassifier().fit(class_embeddings=W)
     assert head.logit_scale == 100.0
     np.testing.assert_allclose(head.decision_function(X), 100 * X @ W.T, rtol=1e-5, atol=1e-4)
 
@@ -47,16 +47,16 @@ def test_default_logit_scale_is_100(problem):
 def test_fit_renormalises_class_rows(problem):
     W, X, _ = problem
     scaled = W * np.arange(1, C + 1)[:, None]
-    a = ZeroShotClassifier().fit(classes=scaled)
+    a = ZeroShotClassifier().fit(class_embeddings=scaled)
     np.testing.assert_allclose(np.linalg.norm(a.class_embeddings_, axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(a.decision_function(X), ZeroShotClassifier().fit(classes=W).decision_function(X),
+    np.testing.assert_allclose(a.decision_function(X), ZeroShotClassifier().fit(class_embeddings=W).decision_function(X),
                                atol=1e-4)
 
 
 def test_predict_proba_is_a_softmax_consistent_with_predict(problem, rng):
     W, _, _ = problem
     X = unit_rows(rng.standard_normal((50, D)))  # ambiguous samples
-    head = ZeroShotClassifier().fit(classes=W)
+    head = ZeroShotClassifier().fit(class_embeddings=W)
     proba = head.predict_proba(X)
     assert proba.shape == (50, C) and (proba >= 0).all()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
@@ -69,8 +69,8 @@ def test_predict_proba_is_a_softmax_consistent_with_predict(problem, rng):
 def test_logit_scale_changes_sharpness_not_predictions(problem, rng):
     W, _, _ = problem
     X = unit_rows(rng.standard_normal((50, D)))
-    sharp = ZeroShotClassifier(logit_scale=100.0).fit(classes=W)
-    soft = ZeroShotClassifier(logit_scale=1.0).fit(classes=W)
+    sharp = ZeroShotClassifier(logit_scale=100.0).fit(class_embeddings=W)
+    soft = ZeroShotClassifier(logit_scale=1.0).fit(class_embeddings=W)
     np.testing.assert_array_equal(sharp.predict(X), soft.predict(X))
     assert (sharp.predict_proba(X).max(axis=1) > soft.predict_proba(X).max(axis=1)).all()
     assert soft.predict_proba(X).max() < 0.5
@@ -78,7 +78,7 @@ def test_logit_scale_changes_sharpness_not_predictions(problem, rng):
 
 def test_predict_proba_is_stable_for_large_logits(problem):
     W, X, _ = problem
-    proba = ZeroShotClassifier(logit_scale=1e4).fit(classes=W).predict_proba(X)
+    proba = ZeroShotClassifier(logit_scale=1e4).fit(class_embeddings=W).predict_proba(X)
     assert np.isfinite(proba).all()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
 
@@ -86,25 +86,25 @@ def test_predict_proba_is_stable_for_large_logits(problem):
 def test_class_names_are_kept(problem):
     W, _, _ = problem
     names = [f"class {i}" for i in range(C)]
-    assert ZeroShotClassifier().fit(classes=W, class_names=names).class_names_ == names
-    assert ZeroShotClassifier().fit(classes=W).class_names_ == [str(i) for i in range(C)]
+    assert ZeroShotClassifier().fit(class_embeddings=W, class_names=names).class_names_ == names
+    assert ZeroShotClassifier().fit(class_embeddings=W).class_names_ == [str(i) for i in range(C)]
 
 
 def test_sklearn_clone_and_params(problem):
     W, X, y = problem
-    head = ZeroShotClassifier(logit_scale=50.0).fit(classes=W)
+    head = ZeroShotClassifier(logit_scale=50.0).fit(class_embeddings=W)
     assert head.get_params() == {"logit_scale": 50.0}
     copy = clone(head)
     assert copy.get_params() == {"logit_scale": 50.0}
     assert not hasattr(copy, "class_embeddings_")
     assert copy.set_params(logit_scale=3.0) is copy and copy.logit_scale == 3.0
-    np.testing.assert_array_equal(copy.fit(classes=W).predict(X), y)
+    np.testing.assert_array_equal(copy.fit(class_embeddings=W).predict(X), y)
 
 
 def test_works_as_the_last_pipeline_step(problem):
     W, X, y = problem
     pipe = make_pipeline(FunctionTransformer(unit_rows), ZeroShotClassifier())
-    pipe.fit(X * 3.0, y, zeroshotclassifier__classes=W)
+    pipe.fit(X * 3.0, y, zeroshotclassifier__class_embeddings=W)
     np.testing.assert_array_equal(pipe.predict(X * 3.0), y)
     np.testing.assert_allclose(pipe.predict_proba(X * 3.0).sum(axis=1), 1.0, atol=1e-5)
     assert pipe.score(X * 3.0, y) == 1.0
@@ -119,7 +119,7 @@ def test_predicting_before_fit_raises_not_fitted(problem, method):
 
 def test_wrong_feature_width_mentions_another_backbone(problem):
     W, X, _ = problem
-    head = ZeroShotClassifier().fit(classes=W)
+    head = ZeroShotClassifier().fit(class_embeddings=W)
     with pytest.raises(ValueError, match="another backbone"):
         head.predict(X[:, :32])
 
@@ -129,19 +129,19 @@ def test_nan_features_raise(problem):
     X = X.copy()
     X[3, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        ZeroShotClassifier().fit(classes=W).predict(X)
+        ZeroShotClassifier().fit(class_embeddings=W).predict(X)
 
 
 def test_one_dimensional_features_raise(problem):
     W, X, _ = problem
     with pytest.raises(ValueError, match="2-D"):
-        ZeroShotClassifier().fit(classes=W).predict(X[0])
+        ZeroShotClassifier().fit(class_embeddings=W).predict(X[0])
 
 
 def test_class_names_length_mismatch_raises(problem):
     W, _, _ = problem
     with pytest.raises(ValueError, match="class names"):
-        ZeroShotClassifier().fit(classes=W, class_names=["a", "b"])
+        ZeroShotClassifier().fit(class_embeddings=W, class_names=["a", "b"])
 
 
 def test_all_zero_class_row_raises(problem):
@@ -149,18 +149,18 @@ def test_all_zero_class_row_raises(problem):
     W = W.copy()
     W[4] = 0
     with pytest.raises(ValueError, match="all-zero"):
-        ZeroShotClassifier().fit(classes=W)
+        ZeroShotClassifier().fit(class_embeddings=W)
 
 
 @pytest.mark.parametrize("bad", [np.zeros((0, D), np.float32), np.ones(D, np.float32)])
 def test_empty_or_flat_class_embeddings_raise(bad):
     with pytest.raises(ValueError):
-        ZeroShotClassifier().fit(classes=bad)
+        ZeroShotClassifier().fit(class_embeddings=bad)
 
 
 def test_save_load_round_trip_without_pickle(problem, tmp_path):
     W, X, _ = problem
-    head = ZeroShotClassifier(logit_scale=42.0).fit(classes=W, class_names=[f"c{i}" for i in range(C)])
+    head = ZeroShotClassifier(logit_scale=42.0).fit(class_embeddings=W, class_names=[f"c{i}" for i in range(C)])
     folder = head.save(tmp_path / "head", fingerprint="abc123")
     assert sorted(p.name for p in folder.iterdir()) == ["head.json", "head.safetensors"]
     loaded = load_head(folder, fingerprint="abc123")
@@ -174,7 +174,7 @@ def test_save_load_round_trip_without_pickle(problem, tmp_path):
 
 def test_load_head_refuses_another_backbone(problem, tmp_path):
     W, _, _ = problem
-    ZeroShotClassifier().fit(classes=W).save(tmp_path, fingerprint="aaa")
+    ZeroShotClassifier().fit(class_embeddings=W).save(tmp_path, fingerprint="aaa")
     with pytest.raises(ValueError, match="aaa"):
         load_head(tmp_path, fingerprint="bbb")
     assert load_head(tmp_path).fingerprint_ == "aaa"
@@ -208,7 +208,7 @@ def _tamper(folder, edit):
 ])
 def test_a_damaged_or_foreign_saved_head_says_which_file_and_what(problem, tmp_path, damage, error, message):
     W, _, _ = problem
-    folder = ZeroShotClassifier().fit(classes=W).save(tmp_path / "head")
+    folder = ZeroShotClassifier().fit(class_embeddings=W).save(tmp_path / "head")
     damage(folder)
     with pytest.raises(error, match=message):
         load_head(folder)
@@ -216,7 +216,7 @@ def test_a_damaged_or_foreign_saved_head_says_which_file_and_what(problem, tmp_p
 
 def test_a_head_saved_before_format_versions_still_loads(problem, tmp_path):
     W, X, _ = problem
-    head = ZeroShotClassifier().fit(classes=W)
+    head = ZeroShotClassifier().fit(class_embeddings=W)
     folder = head.save(tmp_path / "head")
     _tamper(folder, lambda m: m.pop("format"))
     np.testing.assert_array_equal(load_head(folder).predict(X), head.predict(X))

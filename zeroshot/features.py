@@ -37,16 +37,23 @@ def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
 
 
 def check_features(X, *, dim: int | None = None, name: str = "X", finite: bool = True) -> np.ndarray:
-    """Validate a feature matrix: 2-D, finite, the expected width. Returns float32 (a view when possible).
-    ``finite=False`` skips the finiteness pass, for callers that check a smaller result of X instead."""
+    """Validate a feature matrix: dense, 2-D, real numbers (integers are converted), at least one feature, finite,
+    the expected width. Returns float32 (a view when possible). Messages use scikit-learn's wording where its
+    estimator checks look for it. ``finite=False`` skips the finiteness pass, for callers that check a smaller
+    result of X instead."""
+    if hasattr(X, "tocsr"):  # a SciPy sparse matrix or array, recognised without importing SciPy
+        raise TypeError(f"{name} is sparse: sparse input is not supported, give a dense array (X.toarray())")
     X = np.asarray(X)
+    if X.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} must hold real numbers")
     if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (n_samples, dim) feature matrix, got shape {X.shape}")
+        raise ValueError(f"{name} must be a 2-D (n_samples, dim) feature matrix, got shape {X.shape}: Reshape your "
+                         "data, e.g. X.reshape(1, -1) for a single sample")
+    if X.shape[1] == 0:
+        raise ValueError(f"{name} has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: give at least one feature column")
     if dim is not None and X.shape[1] != dim:
-        raise ValueError(f"{name} has {X.shape[1]} features per row but {dim} were expected: "
-                         "were these features made by another backbone?")
-    if not np.issubdtype(X.dtype, np.floating):
-        raise ValueError(f"{name} must hold floats, got {X.dtype}")
+        raise ValueError(f"{name} has {X.shape[1]} features, but it is expecting {dim} features as input: were "
+                         "these features made by another backbone?")
     X = X.astype(np.float32, copy=False)
     if finite and not np.isfinite(X).all():
         bad = int((~np.isfinite(X).all(axis=1)).sum())

@@ -19,7 +19,7 @@ def zero_shot_classifier(args, backbone, dataset_classes=None):
     from ..heads import ZeroShotClassifier
 
     names, W = class_embeddings_from_args(args, backbone, dataset_classes)
-    return ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(classes=W, class_names=names)
+    return ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(class_embeddings=W, class_names=names)
 
 
 def zero_shot_eval(args, backbone, data):

@@ -16,21 +16,20 @@ from .options import (add_class_args, add_model_args, backbone_from_args, check_
 
 
 def _class_side(args, backbone, dataset_classes=None) -> dict:
-    """classes / no_classes / class_names for the text detectors, from --card/--classes and --negation."""
+    """class_embeddings / no_class_embeddings / class_names for the text detectors, from --card/--classes and
+    --negation."""
     if not (args.card or args.classes):
         return {}
     names, W = class_embeddings_from_args(args, backbone, dataset_classes)
-    side = {"classes": W, "class_names": names}
+    side = {"class_embeddings": W, "class_names": names}
     if getattr(args, "negation", None):
         from ..train.negation import NegationMap
 
-        side["no_classes"] = NegationMap.load(args.negation, fingerprint=backbone.fingerprint)(W)
+        side["no_class_embeddings"] = NegationMap.load(args.negation, fingerprint=backbone.fingerprint)(W)
     return side
 
 
 def cmd_fit(args) -> None:
-    from ..ood_metrics import threshold_at_tpr
-
     check_run_args(args)
     if args.detector in FEATURE_DETECTORS:
         if not args.id:
@@ -51,16 +50,16 @@ def cmd_fit(args) -> None:
     side = _class_side(args, backbone, id_fs.classes if id_fs is not None else None)
     detector = fit_detector(args.detector, logit_scale=backbone.logit_scale, train=train, **side)
     n_calibration = len(calibration) if calibration is not None else 0
-    threshold = threshold_at_tpr(detector.score_samples(calibration.features), args.tpr) if n_calibration else None
+    if n_calibration:
+        detector.calibrate(calibration.features, args.tpr)
     detector.save(args.out, fingerprint=backbone.fingerprint, model=backbone.name, detector=args.detector,
-                  id_data=args.id, threshold=threshold, tpr=args.tpr, calibration_n=n_calibration)
+                  id_data=args.id, tpr=args.tpr if n_calibration else None, calibration_n=n_calibration)
     print(json.dumps({"detector": args.detector, "out": args.out, "fingerprint": backbone.fingerprint,
-                      "threshold": threshold, "tpr": args.tpr, "calibration_n": n_calibration}, indent=1))
+                      "threshold": detector.offset_, "tpr": args.tpr, "calibration_n": n_calibration}, indent=1))
 
 
 def cmd_score(args) -> None:
     from ..heads import load_head
-    from ..heads._base import HEAD_JSON
 
     check_run_args(args)
     check_exists("detector folder", args.detector)
@@ -68,22 +67,22 @@ def cmd_score(args) -> None:
     data = open_data(args.images)
     backbone = backbone_from_args(args)
     detector = load_head(args.detector, fingerprint=backbone.fingerprint)
-    threshold = args.threshold
-    if threshold is None:
-        threshold = json.loads((Path(args.detector) / HEAD_JSON).read_text()).get("threshold")
-    if threshold is None:
+    if args.threshold is not None:
+        detector.offset_ = args.threshold
+    if detector.offset_ is None:
         raise ValueError(f"{args.detector} has no calibrated threshold (it was fitted without --id images): "
                          "pass --threshold, or refit it with --id")
     fs = extract_from_args(args, backbone, data)
     scores = detector.score_samples(fs.features)
+    flagged = scores < np.float32(detector.offset_)  # exactly predict's -1, without scoring twice
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     writer = csv.writer(out)
     writer.writerow(["id", "score", "flagged"])
-    writer.writerows([i, f"{s:.7g}", int(s < threshold)] for i, s in zip(fs.ids, scores))
+    writer.writerows([i, f"{s:.7g}", int(f)] for i, s, f in zip(fs.ids, scores, flagged))
     if args.output:
         out.close()
-        print(f"wrote {len(scores)} scores to {args.output}; {int((scores < threshold).sum())} flagged as OOD "
-              f"(score < {threshold:.6g})", file=sys.stderr)
+        print(f"wrote {len(scores)} scores to {args.output}; {int(flagged.sum())} flagged as OOD "
+              f"(score < {detector.offset_:.6g})", file=sys.stderr)
     report_failed(fs)
 
 
@@ -148,8 +147,8 @@ def cmd_eval(args) -> None:
     rows, scores = evaluate_detectors(detectors, id_fs.features, ood)
     report = {"model": backbone.name, "fingerprint": backbone.fingerprint, "id": str(args.id),
               "ood": args.ood.split(","), "train": args.train, "negation": args.negation, "skipped": notes}
-    if "classes" in side and (np.asarray(id_fs.labels) >= 0).all():
-        zero_shot = ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(classes=side["classes"])
+    if "class_embeddings" in side and (np.asarray(id_fs.labels) >= 0).all():
+        zero_shot = ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(class_embeddings=side["class_embeddings"])
         report["id_zero_shot_acc1"] = classification_metrics(zero_shot.decision_function(id_fs.features),
                                                              id_fs.labels)["acc1"]
     write_report(Path(args.output), rows, scores, report)

@@ -65,7 +65,7 @@ def _label_free_row(name: str, support_X, test_X, test_y, W, logit_scale: float)
     spec = REGISTRY[name]
     head = new_head(name, 0, logit_scale)
     unlabelled = test_X if spec.transductive else support_X
-    _, fit_s = _timed(lambda: spec.fit(head, features=unlabelled, classes=W))
+    _, fit_s = _timed(lambda: spec.fit(head, features=unlabelled, class_embeddings=W))
     if spec.transductive:
         scores, predict_s = head.transductive_scores_, 0.0
     else:
@@ -81,7 +81,7 @@ def _supervised_row(name: str, k: int, seed: int, X, y, test_X, test_y, W, logit
         warnings.simplefilter("always")
         try:
             head = new_head(name, seed, logit_scale)
-            _, fit_s = _timed(lambda: REGISTRY[name].fit(head, features=X, labels=y, classes=W))
+            _, fit_s = _timed(lambda: REGISTRY[name].fit(head, features=X, labels=y, class_embeddings=W))
             pred, predict_s = _timed(lambda: head.predict(test_X))
         except ValueError as exc:  # e.g. GDA with one shot per class: no covariance can be estimated
             return {**row, "acc1": None, "fit_s": "", "predict_s": "", "search": "", "val_accuracy": "",

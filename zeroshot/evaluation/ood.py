@@ -14,17 +14,18 @@ from ..heads.registry import REGISTRY, canonical_name, names, spec_for
 
 DETECTORS = names("ood")
 FEATURE_DETECTORS = tuple(n for n in DETECTORS if "features" in REGISTRY[n].needs)  # fitted on ID image features
-CLIPN_DETECTORS = tuple(n for n in DETECTORS if "no_classes" in REGISTRY[n].needs)  # need a negation map
+CLIPN_DETECTORS = tuple(n for n in DETECTORS if "no_class_embeddings" in REGISTRY[n].needs)  # need a negation map
 
 
-def fit_detector(name: str, *, logit_scale: float, classes=None, no_classes=None, class_names=None,
-                 train=None):
-    """A fitted detector by registry name (``_`` spellings accepted): text detectors from ``classes`` (+
-    ``no_classes`` for CLIPN), feature detectors from the ``train`` FeatureSet (its labels feed Mahalanobis when
-    every row has one); every detector that takes a logit scale gets the backbone's. A missing input is the
+def fit_detector(name: str, *, logit_scale: float, class_embeddings=None, no_class_embeddings=None,
+                 class_names=None, train=None):
+    """A fitted detector by registry name (``_`` spellings accepted): text detectors from ``class_embeddings``
+    (+ ``no_class_embeddings`` for CLIPN), feature detectors from the ``train`` FeatureSet (its labels feed
+    Mahalanobis when every row has one); every detector that takes a logit scale gets the backbone's. A missing input is the
     registry's error, which says what to give."""
     spec = spec_for(name, "ood")
-    inputs = {"classes": classes, "no_classes": no_classes, "class_names": class_names}
+    inputs = {"class_embeddings": class_embeddings, "no_class_embeddings": no_class_embeddings,
+              "class_names": class_names}
     if train is not None:
         labels = np.asarray(train.labels)
         inputs |= {"features": train.features, "labels": labels if len(labels) and (labels >= 0).all() else None}
