@@ -30,6 +30,7 @@ from zeroshot.evaluation.fewshot import HEAD_NAMES, markdown_table, run_fewshot,
 from zeroshot.heads import (GDA, TEEN, CapSAdapter, LinearProbe, PriorCorrection, TemperatureScaling, TipAdapter,
                             ZeroShotClassifier, ZLaP, softmax)
 from zeroshot.heads.calibration import calibration_metrics
+from zeroshot.plotting import run_title
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -193,7 +194,8 @@ def main() -> None:
                                logit_scale=backbone.logit_scale, progress=True)
             meta = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": description,
                     "seeds": seeds, "shots": shots, "heads": heads, "seconds": round(time.perf_counter() - start, 1)}
-            summary = write_report(rows, out / name, meta, title=f"{name}, default model ({backbone.fingerprint})")
+            summary = write_report(rows, out / name, meta,
+                                   title=run_title(name, name, backbone.name, backbone.fingerprint))
             print(markdown_table(summary), flush=True)
     if not args.no_calibration:
         print("# calibration: CIFAR-10, T fitted on the 1,840 train.npz images that are not shots of seed 1",

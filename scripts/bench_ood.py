@@ -128,7 +128,8 @@ def main() -> None:
     print(f"# IVF vs exact kNN on those queries, and AUROC with an 8,000 CIFAR-10 test bank vs the other 2,000: "
           f"{json.dumps(ivf_agreement)}")
 
-    meta = {"model": backbone.name, "fingerprint": backbone.fingerprint, "seed": args.seed, "id": SETS["cifar10 test"],
+    meta = {"model": backbone.name, "fingerprint": backbone.fingerprint, "seed": args.seed, "card": "cifar10",
+            "id": SETS["cifar10 test"],
             "ood": [SETS[n] for n in OOD], "train": SETS["cifar10 train"], "negation": negation.info,
             "clipn_decisions": decisions, "id_zero_shot_acc1": zero_shot_acc, "speed_seconds": speed,
             "ivf_agreement": ivf_agreement}

@@ -112,6 +112,22 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Every matplotlib Figure saved during the test (still written to its file), so a test can read what a plot
+    shows: legend entries, tick labels, texts."""
+    from matplotlib.figure import Figure
+
+    saved, original = [], Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+@pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open an internet connection fails the test (local unix sockets, used by DataLoader
     workers, still work)."""

@@ -161,14 +161,19 @@ def test_cli_eval_writes_metrics_and_png(tiny_model_dir, cifar_slice, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.run(
         [sys.executable, "-m", "zeroshot", "eval", "--model", str(tiny_model_dir), "--dataset", str(cifar_slice),
-         "--card", "cifar10", "--cache-dir", str(tmp_path / "c"), "--output", str(out), "--quiet", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300)
+         "--card", "cifar10", "--cache-dir", str(tmp_path / "c"), "--output", str(out), "--quiet", "--device", "cpu",
+         "--normalize", "none"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 240 and 0 <= metrics["acc1"] <= metrics["acc5"] <= 1
     assert len(metrics["confusion_matrix"]) == 10 and sum(map(sum, metrics["confusion_matrix"])) == 240
     assert list(metrics["per_class_recall"]) == metrics["classes"]
     assert Image.open(out / "confusion_matrix.png").size[0] > 100
+    confusions = list(csv_rows(out / "top_confusions.csv"))
+    assert confusions and {c["true"] for c in confusions} <= set(metrics["classes"])
+    cm, names = metrics["confusion_matrix"], metrics["classes"]  # the worst pair's count, from the matrix itself
+    worst = confusions[0]
+    assert int(worst["images"]) == cm[names.index(worst["true"])][names.index(worst["predicted"])]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -9,7 +9,8 @@ import pytest
 from conftest import shared
 from zeroshot import class_embeddings, extract, load_backbone, load_card
 from zeroshot.cli import main
-from zeroshot.evaluation.fewshot import markdown_table, run_fewshot, sample_shots, split_per_class, summarise, write_report
+from zeroshot.evaluation.fewshot import (markdown_table, plot_accuracy_vs_shots, run_fewshot, sample_shots,
+                                         split_per_class, summarise, write_report)
 
 
 def test_sample_shots_draws_k_per_class_with_the_seed():
@@ -52,7 +53,7 @@ def cifar_slice(tmp_path_factory):
 HEADS = ("zero-shot", "zlap", "zlap-inductive", "gda", "tip", "teen")
 
 
-def test_protocol_rows_summary_and_report(cifar_slice, tmp_path, capsys):
+def test_protocol_rows_summary_and_report(cifar_slice, tmp_path, capsys, saved_figures):
     _, backbone, support, test, W = cifar_slice
     X, y, Xt, yt = np.asarray(support.features), support.labels, np.asarray(test.features), test.labels
     rows = run_fewshot(X, y, Xt, yt, W, shots=(1, 4), seeds=(1, 2), heads=HEADS, progress=True)
@@ -75,7 +76,8 @@ def test_protocol_rows_summary_and_report(cifar_slice, tmp_path, capsys):
     accs = [by[("gda", 4, seed)]["acc1"] for seed in (1, 2)]
     assert gda4["n_seeds"] == 2 and gda4["mean"] == pytest.approx(np.mean(accs))
     assert gda4["std"] == pytest.approx(np.std(accs, ddof=1))
-    assert next(s for s in summary if s["head"] == "gda" and s["shots"] == 1)["n_seeds"] == 0
+    gda1 = next(s for s in summary if s["head"] == "gda" and s["shots"] == 1)
+    assert gda1["n_seeds"] == 0 and gda1["n_failed"] == 2 and gda4["n_failed"] == 0
     table = markdown_table(summary)
     assert "| gda |  | n/a |" in table and "4 shots" in table
 
@@ -84,6 +86,19 @@ def test_protocol_rows_summary_and_report(cifar_slice, tmp_path, capsys):
     report = json.loads((tmp_path / "summary.json").read_text())
     assert report["meta"]["fingerprint"] == backbone.fingerprint and len(report["rows"]) == len(rows)
     assert (tmp_path / "accuracy_vs_shots.png").read_bytes()[:4] == b"\x89PNG"
+    ax = saved_figures[0].axes[0]  # GDA's missing 1-shot point is marked, not silently dropped
+    assert "gda: fit failed at 1 shot (every seed)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [t.get_text() for t in ax.texts] == ["gda: no fit"] and ax.get_title() == "slice"
+    assert ax.get_ylabel() == "top-1 accuracy (%), mean ± std over 2 seeds"
+
+
+def test_plot_names_seeds_that_failed_at_some_shot_counts(tmp_path, saved_figures):
+    rows = [{"head": "tip", "shots": k, "seed": seed, "acc1": None if (k, seed) == (2, 1) else 0.5}
+            for k in (1, 2) for seed in (1, 2)]
+    plot_accuracy_vs_shots(summarise(rows), tmp_path / "plot.png", "t")
+    ax = saved_figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["tip (1 of 2 seeds failed at 2 shots)"]
+    assert len(ax.texts) == 0  # every shot count has a point: nothing to mark on the axis
 
 
 def test_protocol_rejects_unknown_heads_and_labels(cifar_slice):

@@ -1,4 +1,5 @@
-"""Classification metrics checked against scikit-learn, plus the tie rule and the confusion-matrix PNG."""
+"""Classification metrics checked against scikit-learn, plus the tie rule, the most confused pairs and the
+confusion-matrix PNG."""
 import warnings
 
 import numpy as np
@@ -7,7 +8,7 @@ import sklearn.metrics as skm
 from PIL import Image
 
 from zeroshot.metrics import (classification_metrics, confusion_matrix, mean_per_class_recall,
-                              plot_confusion_matrix, top_k_accuracy, true_class_rank)
+                              plot_confusion_matrix, top_confusions, top_k_accuracy, true_class_rank)
 
 
 def _random_problem(rng, n=300, c=12):
@@ -102,17 +103,41 @@ def test_classification_metrics_label_out_of_range_raises():
         classification_metrics(np.zeros((3, 4)), np.array([0, 1, 4]))
 
 
-@pytest.mark.parametrize("n_classes", [3, 200])
-def test_plot_confusion_matrix_writes_a_png(tmp_path, rng, n_classes):
+@pytest.mark.parametrize("n_classes, normalize", [(3, "rows"), (3, "none"), (50, "rows")])
+def test_plot_confusion_matrix_labels_every_class(tmp_path, rng, saved_figures, n_classes, normalize):
     y = rng.integers(0, n_classes, 1000)
     cm = confusion_matrix(y, np.where(rng.random(1000) < 0.5, y, 0), n_classes)
+    names = [f"class {i}" for i in range(n_classes)]
     path = tmp_path / "cm.png"
-    plot_confusion_matrix(cm, [f"class {i}" for i in range(n_classes)], path, title="test")
+    plot_confusion_matrix(cm, names, path, title="test", normalize=normalize)
     with Image.open(path) as img:
         assert img.format == "PNG"
         img.load()
         assert img.width >= n_classes and img.height >= n_classes
-        assert len(img.getcolors(maxcolors=1 << 16) or range(3)) > 2  # not a blank canvas
+    ax = saved_figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names  # 50 classes too: every row can be found
+    texts = [t.get_text() for t in ax.texts]
+    if n_classes == 3:  # a number in every non-empty cell: % of the true class, or images
+        cell = 100 * cm[1, 0] / cm[1].sum() if normalize == "rows" else cm[1, 0]
+        assert len(texts) == np.count_nonzero(cm) and f"{cell:.0f}" in texts
+    else:  # cells too small for numbers: the most frequent mistakes are listed instead
+        first = top_confusions(cm, names, 1)[0]
+        assert len(texts) == 1 and f"{first['true']} → {first['predicted']}: {first['images']} (" in texts[0]
+    with pytest.raises(ValueError, match="normalize"):
+        plot_confusion_matrix(cm, names, path, normalize="columns")
+
+
+def test_top_confusions_ranks_off_diagonal_cells_by_images():
+    cm = np.array([[5, 3, 0],
+                   [1, 6, 0],
+                   [4, 3, 1]])
+    assert top_confusions(cm, ["a", "b", "c"]) == [
+        {"true": "c", "predicted": "a", "images": 4, "share_of_true": 0.5},
+        {"true": "a", "predicted": "b", "images": 3, "share_of_true": 0.375},
+        {"true": "c", "predicted": "b", "images": 3, "share_of_true": 0.375},
+        {"true": "b", "predicted": "a", "images": 1, "share_of_true": 1 / 7}]
+    assert len(top_confusions(cm, ["a", "b", "c"], k=2)) == 2
+    assert top_confusions(np.diag([3, 4]), ["a", "b"]) == []  # no mistakes, no rows
 
 
 def test_per_class_recall_by_class_name_matches_sklearn(rng):

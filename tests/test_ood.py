@@ -80,13 +80,23 @@ def test_average_precision_of_perfect_ranking_is_one():
     assert average_precision([0], [1, 2]) == pytest.approx(1 / 3)
 
 
-def test_plots_and_table(tmp_path, rng):
+def test_plots_and_table(tmp_path, rng, saved_figures):
     s_id, s_ood = _scores(rng, False)
-    plot_roc({"a": roc_curve(s_id, s_ood)[:2], "b": roc_curve(s_id, -s_ood)[:2]}, tmp_path / "roc.png", "t")
+    plot_roc({"a": (s_id, -s_ood), "b": (s_id, s_ood)}, tmp_path / "roc.png", "t")
     plot_score_histograms({"ID": s_id, "OOD": s_ood}, tmp_path / "hist.png", "t")
     for name in ("roc.png", "hist.png"):
         with Image.open(tmp_path / name) as img:
             assert img.size[0] > 300 and img.size[1] > 200
+    roc, hist = saved_figures
+    m = ood_metrics(s_id, s_ood)  # "b" is the better detector: first in the legend, with its AUROC and FPR95
+    assert roc.axes[0].get_legend().get_texts()[0].get_text() == \
+        f"b: AUROC {100 * m['auroc']:.1f}, FPR95 {100 * m['fpr95']:.1f}"
+    threshold = threshold_at_tpr(s_id, 0.95)
+    legend = [t.get_text() for t in hist.legends[0].get_texts()]
+    assert f"OOD, n=400: {100 * (s_ood >= threshold).mean():.1f} % kept" in legend
+    assert "threshold keeping 95 % of ID (FPR95 rule)" in legend and "ID, n=700: 95.0 % kept" in legend
+    assert any(list(line.get_xdata()) == [threshold] * 2 for line in hist.axes[0].get_lines())
+    assert [p.get_fill() for p in hist.axes[0].patches] == [True, False]  # OOD as an outline over filled ID
     rows = [{"detector": d, "ood": o, "auroc": a, "fpr95": 0.5} for d, o, a in
             [("x", "set1", 0.9), ("y", "set1", 0.8), ("x", "set2", 0.6)]]
     table = markdown_table(rows)

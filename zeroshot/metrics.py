@@ -1,6 +1,8 @@
 """Classification metrics with CLIP_benchmark's definitions (accuracies as fractions)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -66,35 +68,60 @@ def classification_metrics(scores: np.ndarray, y: np.ndarray, class_names: list[
     }
 
 
-def plot_confusion_matrix(cm, class_names: list[str], path, title: str = "") -> None:
-    """Row-normalised confusion matrix as a PNG (drawn with Pillow: no plotting stack on the eval path)."""
-    from PIL import Image, ImageDraw, ImageFont
+ANNOTATED_CLASSES = 40  # above this many classes the cells are too small for numbers: top_confusions lists them
 
-    cm = np.asarray(cm, dtype=float)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+
+def top_confusions(cm, class_names: list[str], k: int = 50) -> list[dict]:
+    """The ``k`` most frequent mistakes, most images first: true class, predicted class, images, and their
+    share of the true class (ties in the order of the matrix)."""
+    cm = np.asarray(cm)
+    support = cm.sum(axis=1)
+    off = np.where(np.eye(len(cm), dtype=bool), 0, cm)
+    order = np.argsort(-off, axis=None, kind="stable")[:k]
+    return [{"true": class_names[i], "predicted": class_names[j], "images": int(off[i, j]),
+             "share_of_true": float(off[i, j] / support[i])}
+            for i, j in zip(*np.unravel_index(order, cm.shape)) if off[i, j]]
+
+
+def plot_confusion_matrix(cm, class_names: list[str], path: str | os.PathLike, title: str = "",
+                          normalize: str = "rows") -> None:
+    """The confusion matrix as a PNG, rows = true class. ``normalize="rows"`` colours and labels each cell with
+    its share of the true class (%: comparable across classes of any size), ``"none"`` with image counts.
+    Up to ``ANNOTATED_CLASSES`` classes every cell carries its number; above, the cells are too small, so
+    the ten most frequent mistakes are listed beside the matrix. A square-root colour scale keeps small
+    confusions visible next to a strong diagonal."""
+    from matplotlib.colors import PowerNorm
+    from matplotlib.figure import Figure
+
+    if normalize not in ("rows", "none"):
+        raise ValueError(f"normalize must be 'rows' or 'none', got {normalize!r}")
+    cm = np.asarray(cm)
     n = len(class_names)
-    cell = max(4, min(40, 800 // max(n, 1)))
-    font = ImageFont.load_default()
-    labels = n <= 60
-    margin = 8 + (max(len(c) for c in class_names) * 6 if labels else 0)
-    top = margin + 20
-    img = Image.new("RGB", (margin + n * cell + 10, top + n * cell + 30), "white")
-    dark_blue = np.array([8, 48, 107])
-    colors = 255 - norm[..., None] * (255 - dark_blue)  # 0 -> white, 1 -> dark blue
-    grid = Image.fromarray(colors.round().astype(np.uint8), "RGB").resize((n * cell, n * cell), Image.Resampling.NEAREST)
-    img.paste(grid, (margin, top))
-    draw = ImageDraw.Draw(img)
-    draw.text((margin, 4), f"{title}  (rows: true class, columns: predicted)", fill="black", font=font)
-    if labels:
-        column_names = Image.new("RGB", (margin, n * cell), "white")
-        cdraw = ImageDraw.Draw(column_names)
-        for k, name in enumerate(class_names):
-            draw.text((4, top + k * cell + cell // 2 - 5), name, fill="black", font=font)
-            cdraw.text((4, k * cell + cell // 2 - 5), name, fill="black", font=font)
-        img.paste(column_names.rotate(90, expand=True), (margin, 20), None)
-        if cell >= 24:
-            for i in range(n):
-                for j in range(n):
-                    draw.text((margin + j * cell + 3, top + i * cell + cell // 2 - 5), f"{int(cm[i, j])}",
-                              fill="white" if norm[i, j] > 0.5 else "black", font=font)
-    img.save(path)
+    values = 100 * cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize == "rows" else cm
+    annotate = n <= ANNOTATED_CLASSES
+    side = max(6.0, 0.5 * n) if annotate else 0.14 * n  # inches: room for one label line per class
+    big = side > 10  # text grows with the figure, so the whole PNG still reads at a glance
+    fig = Figure(figsize=(side + (3.0 if annotate else 8.0), side + 2.5), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=max(values.max(), 1)),
+                      interpolation="nearest")
+    bar = fig.colorbar(image, cax=ax.inset_axes([1.03, 0.0, 0.03 if annotate else 0.015, 0.5]))
+    bar.set_label("% of the true class" if normalize == "rows" else "images", fontsize=16 if big else 11)
+    labels = [name if len(name) <= 24 else name[:23] + "…" for name in class_names]
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=9 if annotate else 7)
+    ax.set_yticks(range(n), labels, fontsize=9 if annotate else 7)
+    ax.set_xlabel("predicted class", fontsize=16 if big else 11)
+    ax.set_ylabel("true class", fontsize=16 if big else 11)
+    ax.set_title(title, fontsize=20 if big else 12)
+    if annotate:
+        dark = values > 0.35 * values.max()
+        for i, j in zip(*np.nonzero(cm)):
+            v = values[i, j]
+            ax.text(j, i, f"{v:.0f}" if v >= 0.95 or normalize == "none" else f"{v:.1f}", ha="center", va="center",
+                    fontsize=8 if big else 11, color="white" if dark[i, j] else "black")
+    else:
+        lines = [f"{c['true']} → {c['predicted']}: {c['images']} ({100 * c['share_of_true']:.0f} %)"
+                 for c in top_confusions(cm, class_names, 10)]
+        ax.text(1.02, 1.0, "most frequent mistakes\n(true → predicted: images, % of the true class)\n\n"
+                + "\n".join(lines), transform=ax.transAxes, va="top", fontsize=16)
+    fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -110,34 +110,50 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike, title: str = "") -> None:
-    """One ROC line per name: ``curves[name] = (fpr, tpr)``; the 95 % TPR level is marked."""
+def plot_roc(pairs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike, title: str = "") -> None:
+    """One ROC line per name, ``pairs[name] = (score_id, score_ood)``, best AUROC first in the legend, each entry
+    with its AUROC and FPR95 (%), and a dot where the line crosses 95 % TPR (its FPR95)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 5))
+    lines = []
+    for name, (score_id, score_ood) in pairs.items():
+        fpr, tpr, _ = roc_curve(score_id, score_ood)
+        lines.append((ood_metrics(score_id, score_ood), name, fpr, tpr))
+    fig = Figure(figsize=(6, 6), layout="constrained")
     ax = fig.add_subplot()
-    for name, (fpr, tpr) in curves.items():
-        ax.plot(fpr, tpr, label=name, linewidth=1.2)
+    for m, name, fpr, tpr in sorted(lines, key=lambda line: -line[0]["auroc"]):
+        line, = ax.plot(fpr, tpr, linewidth=1.4,
+                        label=f"{name}: AUROC {100 * m['auroc']:.1f}, FPR95 {100 * m['fpr95']:.1f}")
+        ax.plot(m["fpr95"], 0.95, "o", color=line.get_color(), markersize=4)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
     ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
     ax.set(xlabel="false positive rate (OOD accepted)", ylabel="true positive rate (ID accepted)", title=title,
            xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="lower right", title="detector: AUROC, FPR95 (%)", title_fontsize=8)
     fig.savefig(path, dpi=110)
 
 
-def plot_score_histograms(scores: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> None:
-    """Overlaid, density-normalised histograms of one detector's scores per dataset (ID first, then OOD sets)."""
+def plot_score_histograms(scores: dict[str, np.ndarray], path: str | os.PathLike, title: str = "",
+                          tpr: float = 0.95) -> None:
+    """Density histograms of one detector's scores per dataset, the ID set first (grey, filled) and each OOD set
+    as a coloured outline, so overlaps stay readable; the dashed line is the threshold keeping ``tpr`` of the ID
+    scores (the FPR95 rule), and each legend entry says what share of its set that threshold keeps."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.add_subplot()
-    finite = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores.values()])
+    arrays = {name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}
+    threshold = threshold_at_tpr(next(iter(arrays.values())), tpr)
+    finite = np.concatenate(list(arrays.values()))
     bins = np.linspace(*np.quantile(finite, [0.001, 0.999]), 60) if np.ptp(finite) > 0 else 10
-    for name, s in scores.items():
-        ax.hist(s, bins=bins, density=True, histtype="stepfilled", alpha=0.35, label=f"{name} (n={len(s)})")
+    fig = Figure(figsize=(7, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    for k, (name, s) in enumerate(arrays.items()):
+        label = f"{name}, n={len(s)}: {100 * (s >= threshold).mean():.1f} % kept"
+        if k == 0:
+            ax.hist(s, bins=bins, density=True, histtype="stepfilled", color="0.8", edgecolor="0.4", label=label)
+        else:
+            ax.hist(s, bins=bins, density=True, histtype="step", linewidth=1.8, label=label)
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2,
+               label=f"threshold keeping {100 * tpr:.0f} % of ID (FPR{100 * tpr:.0f} rule)")
     ax.set(xlabel="score (higher = more in-distribution)", ylabel="density", title=title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)  # below the axes: never over a histogram
     fig.savefig(path, dpi=110)

@@ -69,7 +69,8 @@ def cmd_classify(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from ..metrics import plot_confusion_matrix
+    from ..metrics import plot_confusion_matrix, top_confusions
+    from ..plotting import run_title
 
     start = time.perf_counter()
     check_run_args(args)
@@ -84,11 +85,16 @@ def cmd_eval(args) -> None:
               "card": args.card, "classes": clf.class_names_, "failed": fs.failed, **metrics,
               "seconds": round(time.perf_counter() - start, 3)}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
-    plot_confusion_matrix(metrics["confusion_matrix"], clf.class_names_, out / "confusion_matrix.png",
-                          title=f"{Path(str(args.dataset)).name}: top-1 = {metrics['acc1']:.3f}")
+    with open(out / "top_confusions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["true", "predicted", "images", "share_of_true"])
+        writer.writeheader()
+        writer.writerows(top_confusions(metrics["confusion_matrix"], clf.class_names_))
+    title = f"{run_title(args.card, args.dataset, backbone.name, backbone.fingerprint)}: top-1 {metrics['acc1']:.1%}"
+    plot_confusion_matrix(metrics["confusion_matrix"], clf.class_names_, out / "confusion_matrix.png", title=title,
+                          normalize=args.normalize)
     print(json.dumps({k: report[k] for k in ("model", "fingerprint", "dataset", "n", "acc1", "acc5",
                                              "mean_per_class_recall", "seconds")}, indent=1))
-    print(f"wrote {out / 'metrics.json'} and {out / 'confusion_matrix.png'}", file=sys.stderr)
+    print(f"wrote {out / 'metrics.json'}, confusion_matrix.png and top_confusions.csv", file=sys.stderr)
     report_failed(fs)
 
 
@@ -104,14 +110,17 @@ def add_commands(sub) -> None:
     p = sub.add_parser("classify", help="zero-shot predictions for images (CSV)")
     p.add_argument("images", nargs="+", help="image files, a folder, .npz, .csv or tar shards")
     add_class_args(p, "comma-separated class names")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="classes (with scores) listed per image")
     p.add_argument("--output", help="CSV path (default: stdout)")
     add_model_args(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("eval", help="zero-shot accuracy on a labelled dataset (metrics.json + confusion PNG)")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="labelled images: class folders, .npz, .csv or tar shards")
     add_class_args(p)
     p.add_argument("--output", help="output folder (default: ./eval)")
+    p.add_argument("--normalize", choices=("rows", "none"), default="rows",
+                   help="confusion_matrix.png cells: 'rows' = %% of the true class (classes of any size compare), "
+                        "'none' = image counts (metrics.json always has the counts)")
     add_model_args(p)
     p.set_defaults(func=cmd_eval)

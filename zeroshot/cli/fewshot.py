@@ -14,6 +14,7 @@ from .options import (add_class_args, add_model_args, backbone_from_args, check_
 
 def cmd_fewshot(args) -> None:
     from ..evaluation.fewshot import markdown_table, run_fewshot, split_per_class, write_report
+    from ..plotting import run_title
 
     if (args.support is None) == (args.support_per_class is None):
         raise ValueError("give --support DATASET (shots drawn from it) or --support-per-class N (split --dataset)")
@@ -48,7 +49,8 @@ def cmd_fewshot(args) -> None:
             "support": args.support or f"first {args.support_per_class} per class of the dataset",
             "card": args.card, "classes": names, "n_support_pool": len(support), "n_test": len(test),
             "shots": shots, "seeds": seeds, "heads": heads}
-    summary = write_report(rows, args.output, meta, title=f"{Path(str(args.dataset)).name} ({backbone.fingerprint})")
+    summary = write_report(rows, args.output, meta,
+                           title=run_title(args.card, args.dataset, backbone.name, backbone.fingerprint))
     print(f"# model {backbone.name}, fingerprint {backbone.fingerprint}, dataset {args.dataset}, seeds {seeds}")
     print(markdown_table(summary))
     print(f"wrote {Path(args.output) / 'rows.csv'}, summary.json and accuracy_vs_shots.png", file=sys.stderr)
@@ -65,7 +67,7 @@ def add_commands(sub) -> None:
     p.add_argument("--shots", default="1,2,4,8,16", help="comma-separated shots per class")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (shot sampling and validation splits)")
     p.add_argument("--heads", default=",".join(HEAD_NAMES),
-                   help=f"comma-separated subset of {', '.join(HEAD_NAMES)} ('_' for '-' works too)")
+                   help="comma-separated heads to run, any of the default's ('_' for '-' works too)")
     p.add_argument("--output", default="fewshot", help="output folder")
     add_model_args(p)
     p.set_defaults(func=cmd_fewshot)

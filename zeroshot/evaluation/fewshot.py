@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 import warnings
@@ -126,15 +127,16 @@ def run_fewshot(support_X, support_y, test_X, test_y, class_embeddings, *, shots
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and sample std (ddof 1; 0 for one seed) of top-1 per (head, shots), over the seeds that fitted
-    (a head that refused a fit, e.g. GDA with one shot per class, has ``acc1`` None there)."""
+    """Mean and sample std (ddof 1; 0 for one seed) of top-1 per (head, shots), over the ``n_seeds`` seeds that
+    fitted; ``n_failed`` counts the seeds where the head refused a fit (``acc1`` None, e.g. GDA with one shot per
+    class)."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault((r["head"], r["shots"]), []).append(r["acc1"])
     out = []
     for (head, shots), accs in groups.items():
         ok = np.array([a for a in accs if a is not None])
-        out.append({"head": head, "shots": shots, "n_seeds": len(ok),
+        out.append({"head": head, "shots": shots, "n_seeds": len(ok), "n_failed": len(accs) - len(ok),
                     "mean": float(ok.mean()) if len(ok) else None,
                     "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0})
     return out
@@ -157,35 +159,57 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_shots(summary: list[dict], path, title: str = "") -> None:
-    """Mean top-1 (± std) against shots per class, log2 x-axis; label-free heads as horizontal dashed lines."""
-    import matplotlib
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2)
+def plot_accuracy_vs_shots(summary: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Mean top-1 ± std over seeds against shots per class, log2 x-axis; label-free heads as horizontal lines.
+    A head that failed to fit at a shot count for every seed (GDA at 1 shot: no covariance from one image per
+    class) has no point there, so an x on the axis marks the gap and the legend says so; a shot count where only
+    some seeds failed is named in the head's legend entry (its point averages the seeds that fitted)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.add_subplot()
     styles = iter(["--", ":", "-.", (0, (5, 1)), (0, (1, 3))])
-    for head in dict.fromkeys(s["head"] for s in summary):
-        points = sorted((s["shots"], s["mean"], s["std"]) for s in summary if s["head"] == head and s["n_seeds"])
-        if points and points[0][0] == 0:
-            ax.axhline(100 * points[0][1], linestyle=next(styles), linewidth=1.2, label=f"{head} (no labels)",
-                       color="black" if head == "zero-shot" else next(colours))
-        elif points:
-            k, mean, std = map(np.array, zip(*points))
-            ax.errorbar(k, 100 * mean, yerr=100 * std, marker="o", capsize=3, label=head, color=next(colours))
+    heads = list(dict.fromkeys(s["head"] for s in summary))
+    n_failed_heads = 0  # heads that failed somewhere so far: their "no fit" notes stack instead of overlapping
+    for colour, head in zip((f"C{k}" for k in range(len(heads))), heads):
+        points = sorted((s for s in summary if s["head"] == head), key=lambda s: s["shots"])
+        fitted = [s for s in points if s["n_seeds"]]
+        if points[0]["shots"] == 0:
+            if fitted:
+                ax.axhline(100 * fitted[0]["mean"], linestyle=next(styles), linewidth=1.2, label=f"{head} (no labels)",
+                           color="black" if head == "zero-shot" else colour)
+            continue
+        partly = [f"{s['n_failed']} of {s['n_failed'] + s['n_seeds']} seeds failed at {_count(s['shots'], 'shot')}"
+                  for s in fitted if s["n_failed"]]
+        if fitted:
+            ax.errorbar([s["shots"] for s in fitted], [100 * s["mean"] for s in fitted],
+                        yerr=[100 * s["std"] for s in fitted], marker="o", capsize=3, color=colour,
+                        label=head + (f" ({'; '.join(partly)})" if partly else ""))
+        failed = [s["shots"] for s in points if not s["n_seeds"]]
+        if failed:  # on the x-axis (y in axes units), where no accuracy can be read into it
+            on_axis = ax.get_xaxis_transform()
+            ax.plot(failed, [0] * len(failed), "x", color=colour, markersize=10, markeredgewidth=2.5,
+                    transform=on_axis, clip_on=False,
+                    label=f"{head}: fit failed at {', '.join(_count(k, 'shot') for k in failed)} (every seed)")
+            for k in failed:
+                ax.text(k, 0.04 + 0.05 * n_failed_heads, f"{head}: no fit", color=colour, transform=on_axis,
+                        fontsize=9, ha="center", va="bottom")
+            n_failed_heads += 1
     shots = sorted({s["shots"] for s in summary if s["shots"]})
+    seeds = max((s["n_seeds"] + s["n_failed"] for s in summary if s["shots"]), default=0)
     ax.set_xscale("log", base=2)
+    ax.margins(x=0.1)  # room for a "no fit" note centred on the first or last shot count
     ax.set_xticks(shots, [str(k) for k in shots])
     ax.set_xlabel("shots per class")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(f"top-1 accuracy (%), mean ± std over {_count(seeds, 'seed')}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
+    ax.legend(fontsize=8, ncols=2)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(rows: list[dict], folder, meta: dict, title: str = "") -> dict:
