@@ -358,7 +358,7 @@ def test_cli_index_add(data, tmp_path, capsys):
     feature_set(X[2000:], ids[2000:], str(tmp_path / "b")).save(tmp_path / "second")
     feature_set(X[:5], ids[:5], str(tmp_path / "a")).save(tmp_path / "repeat")
     feature_set(X[:5], [f"x{i}" for i in range(5)], str(tmp_path / "a"), "fp-b").save(tmp_path / "other")
-    main(["index", "build", str(tmp_path / "first"), "--out", str(tmp_path / "idx"), "--index", "IVF16,Flat",
+    main(["index", "build", str(tmp_path / "first"), "--output", str(tmp_path / "idx"), "--index", "IVF16,Flat",
           "--nprobe", "16"])
     before = set((tmp_path / "idx").iterdir())
     main(["index", "add", str(tmp_path / "idx"), str(tmp_path / "second")])
@@ -392,7 +392,7 @@ def test_two_index_adds_at_once_both_land(data, tmp_path):
     feature_set(X[:2000], ids[:2000], str(tmp_path / "a")).save(tmp_path / "first")
     feature_set(X[2000:2500], ids[2000:2500], str(tmp_path / "b")).save(tmp_path / "left")
     feature_set(X[2500:], ids[2500:], str(tmp_path / "c")).save(tmp_path / "right")
-    main(["index", "build", str(tmp_path / "first"), "--out", str(tmp_path / "idx"), "--index", "IVF16,Flat",
+    main(["index", "build", str(tmp_path / "first"), "--output", str(tmp_path / "idx"), "--index", "IVF16,Flat",
           "--nprobe", "16"])
     from zeroshot.cache import entry_lock
 
@@ -406,3 +406,55 @@ def test_two_index_adds_at_once_both_land(data, tmp_path):
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
     index = Index.load(tmp_path / "idx")
     assert len(index) == 3000 and set(index.ids.tolist()) == set(np.asarray(ids).tolist())
+
+
+# --- a saved index moves with its images; captions --------------------------------------------------------------
+def test_a_saved_index_moves_with_its_images(data, tmp_path):
+    X, ids, _ = data
+    project = tmp_path / "project"
+    paths = [project / "images" / ("a" if i % 2 else "b") / f"{name}.jpg" for i, name in enumerate(ids[:20])]
+    index = Index(D, "Flat").add(X[:20], ids[:20], paths=paths)
+    index.save(project / "idx")
+    manifest = json.loads((project / "idx" / "index.json").read_text())
+    stored = np.load(project / "idx" / manifest["files"]["paths"])
+    assert manifest["base"]["relative"] == "../images" and manifest["roots"] == ["."]
+    assert stored[1] == f"a/{ids[1]}.jpg" and not any(str(tmp_path) in p for p in stored)
+    (project / "images").mkdir()
+    (project / "idx").rename(project / "moved-idx")  # the index moved and its images are beside it: relative
+    assert list(Index.load(project / "moved-idx").paths) == [str(p) for p in paths]
+    project.rename(tmp_path / "elsewhere")
+    moved = Index.load(tmp_path / "elsewhere" / "moved-idx")
+    assert moved.paths[1] == str(tmp_path / "elsewhere" / "images" / "a" / f"{ids[1]}.jpg")
+    assert moved.roots == [str(tmp_path / "elsewhere" / "images")]
+    (tmp_path / "elsewhere" / "moved-idx").rename(tmp_path / "idx")  # the index alone: the folder it was saved from
+    assert Index.load(tmp_path / "idx").paths[1] == str(paths[1])
+
+
+def test_a_format_1_index_with_absolute_paths_still_loads(data, tmp_path):
+    X, ids, _ = data
+    paths = [tmp_path / "images" / f"{name}.jpg" for name in ids[:5]]
+    Index(D, "Flat").add(X[:5], ids[:5], paths=paths).save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
+    np.save(tmp_path / "idx" / manifest["files"]["paths"], np.array([str(p) for p in paths]))
+    del manifest["base"], manifest["files"]["captions"], manifest["files"]["caption_features"]
+    manifest.update(version=1, roots=[str(tmp_path / "images")])  # as format 1 wrote them: absolute
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(manifest))
+    old = Index.load(tmp_path / "idx")
+    assert list(old.paths) == [str(p) for p in paths] and old.roots == [str(tmp_path / "images")]
+
+
+def test_captions_are_saved_grouped_by_image(data, tmp_path, rng):
+    X, ids, _ = data
+    index = Index.build(X[:50], ids[:50], factory="Flat")
+    owners = [ids[7], ids[3], ids[7]]
+    features = unit_rows(rng.standard_normal((3, D))).astype(np.float32)
+    index.set_captions(owners, ["first of 7", "only one of 3", "second of 7"], features)
+    assert index.captions_of(3) == ["only one of 3"] and index.captions_of(7) == ["first of 7", "second of 7"]
+    assert index.captions_of(0) == []
+    loaded = Index.load(index.save(tmp_path / "idx"))
+    assert loaded.captions == index.captions and list(loaded.caption_rows) == [3, 7, 7]
+    np.testing.assert_array_equal(loaded.caption_features, features[[1, 0, 2]])
+    with pytest.raises(KeyError, match="nope"):
+        index.set_captions(["nope"], ["x"], features[:1])
+    with pytest.raises(ValueError, match="one of each per caption"):
+        index.set_captions(owners, ["x"], features)

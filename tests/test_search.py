@@ -10,7 +10,7 @@ from zeroshot import Index, extract
 from zeroshot.cli import main
 from zeroshot.prompts import class_embeddings
 from zeroshot.retrieval.search import (
-    image_features, search_ids, search_images, search_text, text_features,
+    add_captions, image_features, read_captions, search_ids, search_images, search_text, text_features,
 )
 
 
@@ -65,7 +65,7 @@ def test_bad_queries_are_refused(indexed, tiny_backbone):
 
 def test_cli_build_search_and_formats(tiny_model_dir, picture_folder, tmp_path, capsys):
     common = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
-    main(["index", "build", str(picture_folder), "--out", str(tmp_path / "idx"), *common])
+    main(["index", "build", str(picture_folder), "--output", str(tmp_path / "idx"), *common])
     built = json.loads(capsys.readouterr().out)
     assert built["factory"] == "Flat" and built["n"] == 12 and built["images"]
 
@@ -89,7 +89,7 @@ def test_cli_build_search_and_formats(tiny_model_dir, picture_folder, tmp_path, 
 def test_cli_builds_from_a_saved_feature_set(indexed, tmp_path, capsys):
     _, features = indexed
     features.save(tmp_path / "features")
-    main(["index", "build", str(tmp_path / "features"), "--out", str(tmp_path / "idx"), "--index", "HNSW8",
+    main(["index", "build", str(tmp_path / "features"), "--output", str(tmp_path / "idx"), "--index", "HNSW8",
           "--ef-search", "20"])
     built = json.loads(capsys.readouterr().out)
     assert built["factory"] == "HNSW8" and built["params"] == {"efSearch": 20}
@@ -102,3 +102,73 @@ def test_cli_refuses_another_model(indexed, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["search", str(tmp_path / "idx"), "--text", "x", "--model", "default"])
     assert exited.value.code == 2 and f"fingerprint {index.fingerprint}" in capsys.readouterr().err
+
+
+def test_near_duplicates_of_a_better_result_are_hidden(tiny_backbone, rng):
+    """q's neighbours: a, then a' (a re-encoded a: cosine 0.99 to it), then b; dedup hides a' and keeps k results."""
+    D = tiny_backbone.embed_dim
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    q = unit(rng.standard_normal(D))
+    a = unit(q + 0.6 * unit(rng.standard_normal(D)))
+    X = np.stack([q, a, unit(a + 0.1 * unit(rng.standard_normal(D))), unit(q + 1.2 * unit(rng.standard_normal(D)))]
+                 + [unit(rng.standard_normal(D)) for _ in range(6)]).astype(np.float32)
+    ids = ["q", "a", "a2", "b"] + [f"x{i}" for i in range(6)]
+    index = Index.build(X, ids, fingerprint=tiny_backbone.fingerprint)
+    assert X[1] @ X[2] > 0.97 and [h.id for h in search_ids(index, ["q"], k=3)[0]] == ["a", "a2", "b"]
+    hidden = search_ids(index, ["q"], k=3, dedup=0.97)[0]
+    assert [h.id for h in hidden][:2] == ["a", "b"] and len(hidden) == 3
+    assert [h.id for h in search_ids(index, ["q"], k=3, dedup=0.999)[0]] == ["a", "a2", "b"]  # 0.995 apart: kept
+    texts = search_text(index, tiny_backbone, ["anything"], k=9, dedup=0.97)[0]
+    assert not {"a", "a2"} <= {h.id for h in texts}  # whichever of the pair ranks lower is hidden
+    with pytest.raises(ValueError, match="dedup must be a cosine"):
+        search_ids(index, ["q"], dedup=1.5)
+
+
+def test_captions_are_matched_by_id_or_file_name_and_rank_text_queries(indexed, tiny_backbone, tmp_path):
+    _, features = indexed
+    index = Index.build(features.features, [f"set/{i}" for i in features.ids], fingerprint=features.fingerprint)
+    with pytest.raises(ValueError, match="holds no captions"):
+        search_text(index, tiny_backbone, ["a red bicycle"], captions=True)
+    (tmp_path / "captions.csv").write_text("image,caption_idx,caption\n"
+                                           "p03.png,0,a red bicycle leaning on a wall\n"  # the file name of an id
+                                           "set/p05.png,0,two cats asleep\n"              # an id
+                                           "p03.png,1,  \n"                                # blank: skipped
+                                           "nowhere.png,0,not indexed\n")
+    names, texts = read_captions(tmp_path / "captions.csv")
+    assert add_captions(index, tiny_backbone, names, texts) == 2
+    assert index.captions_of(index.positions(["set/p05.png"])[0]) == ["two cats asleep"]
+    query = "a red bicycle leaning on a wall"
+    hits = search_text(index, tiny_backbone, [query], k=3, captions=True)[0]
+    image_score = float(index.vectors(["set/p03.png"])[0] @ text_features(tiny_backbone, [query])[0])
+    assert hits[0].id == "set/p03.png" and hits[0].caption == query
+    assert hits[0].score == pytest.approx((image_score + 1) / 2, abs=1e-5)  # mean of image and caption cosine
+    assert all(h.caption is None for h in hits[1:] if h.id != "set/p05.png")
+    assert search_text(index, tiny_backbone, ["a red bicycle"], k=3)[0][0].caption is None  # captions not asked for
+    with pytest.raises(ValueError, match="none of the 1 captions names an indexed image"):
+        add_captions(index, tiny_backbone, ["elsewhere.png"], ["x"])
+    (tmp_path / "bad.csv").write_text("file,text\na.png,x\n")
+    with pytest.raises(ValueError, match="no caption or image column"):
+        read_captions(tmp_path / "bad.csv")
+
+
+def test_cli_index_build_with_captions_and_serve_options(tiny_model_dir, picture_folder, tmp_path, capsys,
+                                                          monkeypatch):
+    (tmp_path / "captions.csv").write_text("image,caption\np03.png,a red bicycle\np03.png,a bike\nelse.png,x\n")
+    common = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    main(["index", "build", str(picture_folder), "--output", str(tmp_path / "idx"), "--captions",
+          str(tmp_path / "captions.csv"), *common])
+    assert json.loads(capsys.readouterr().out)["captions"] == 2
+    served = {}
+    monkeypatch.setattr("zeroshot.retrieval.serve.serve", lambda service, host, port, **kw: served.update(kw, s=service))
+    main(["serve", str(tmp_path / "idx"), "--allow-host", "box.lan", "--dedup-cosine", "0.9", *common])
+    service = served.pop("s")
+    assert served == {"verbose": False, "allow_hosts": ["box.lan"]} and service.dedup_cosine == 0.9
+    assert service.index.captions_of(service.index.positions(["p03.png"])[0]) == ["a red bicycle", "a bike"]
+    assert service.thumbnails == tmp_path / "cache" / "thumbnails"
+    with pytest.raises(SystemExit):
+        main(["index", "build", str(picture_folder), "--output", str(tmp_path / "idx2"), "--captions",
+              str(tmp_path / "missing.csv"), *common])
+    assert "--captions" in capsys.readouterr().err and not (tmp_path / "idx2").exists()

@@ -2,8 +2,11 @@
 
 Follows ``../shared/methods/retrieval.md`` sections 1-4, 6 and 7: every index is made with ``index_factory`` and
 ``METRIC_INNER_PRODUCT``; rows and queries are normalised; faiss positions are mapped to the caller's ids (never
-``-1``); a folder holds the faiss index (``faiss.write_index``), ids and image paths as ``.npy`` (no pickle) and an
-``index.json`` manifest naming them, and an index refuses queries from another backbone fingerprint.
+``-1``); a folder holds the faiss index (``faiss.write_index``), ids and image paths as ``.npy`` (no pickle), optional
+captions (JSON) with their text embeddings (``.npy``), and an ``index.json`` manifest naming them; an index refuses
+queries from another backbone fingerprint. Image paths are stored relative to the folder the images were indexed
+from, and that folder relative to the index folder (and absolute), so an index folder moved together with its images
+still finds them.
 
 Rows are never copied as a whole: training reads a seeded sample, and adding, exact search and tuning read the
 matrix ``CHUNK_ROWS`` rows at a time, so a FeatureSet larger than memory (a memory-mapped ``features.npy``) can be
@@ -34,7 +37,7 @@ from ..features import (
 )
 
 MANIFEST = "index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: image paths relative to a base folder, optional captions (1 still loads)
 FLAT_LIMIT = 200_000  # auto: exact search up to this many rows (no training, fast enough on a CPU)
 TRAIN_PER_LIST = 40  # IVF training rows per list: just above faiss's 39 warning (autofaiss: up to 100; CPU minutes)
 MIN_TRAIN_PER_LIST = 39  # faiss warns below this many training rows per IVF list
@@ -361,6 +364,23 @@ def _paths_array(paths, n: int) -> np.ndarray | None:
     return paths
 
 
+def _relative_paths(paths: np.ndarray, base: str) -> np.ndarray:
+    """``paths`` under the folder ``base`` made relative to it (a prefix cut, fast for millions of rows); others,
+    and empty ones (rows without a file), as they are."""
+    prefix = os.path.join(base, "")
+    return np.array([p.removeprefix(prefix) for p in paths.tolist()], str)
+
+
+def _find_base(folder: Path, base: dict | None) -> str:
+    """The folder a saved index's image paths are relative to: where it lies relative to the index folder when that
+    folder exists (the index was moved or copied together with its images), else where it was when saved; ``''`` for
+    a format-1 index, whose paths are absolute."""
+    if not base:
+        return ""
+    moved = os.path.normpath(folder.absolute() / base["relative"])
+    return moved if os.path.isdir(moved) else base["absolute"]
+
+
 def _digest(ids: np.ndarray) -> str:
     return hashlib.sha256(ids.dtype.str.encode() + np.ascontiguousarray(ids).tobytes()).hexdigest()
 
@@ -382,7 +402,10 @@ class Index:
         self.fingerprint, self.backbone = fingerprint, backbone
         self.ids = np.zeros(0, dtype=str)
         self.paths: np.ndarray | None = None
-        self.roots: list[str] = []
+        self.roots: list[str] = []  # the folders images were indexed from (symlinks not resolved): serve checks them
+        self.captions: list[str] = []  # caption texts, grouped by image in row order (see set_captions)
+        self.caption_rows = np.zeros(0, np.int64)  # the row of each caption's image, ascending
+        self.caption_features = np.zeros((0, dim), np.float32)  # (C, D) unit rows from the backbone's text tower
         self.params: dict[str, float] = {}
         self.tuned_recall: float | None = None
         self._positions: dict | None = None
@@ -508,7 +531,7 @@ class Index:
         import faiss
 
         if paths is not None and len(paths):
-            root = str(Path(os.path.commonpath(list(paths))).resolve())
+            root = os.path.commonpath({os.path.dirname(p) for p in paths.tolist()})  # absolute, not resolved
             if root not in self.roots:
                 self.roots.append(root)
         if paths is not None or self.paths is not None:
@@ -631,11 +654,34 @@ class Index:
         """The stored rows of ``ids`` (exact for Flat/HNSW/IVF-Flat, decoded for SQ/PQ)."""
         return self.faiss_index.reconstruct_batch(self.positions(ids))
 
+    # --- captions -------------------------------------------------------------------------------------------
+    def set_captions(self, ids, texts: list[str], features) -> "Index":
+        """Attach captions to indexed images, any number per image (``ids[i]`` owns ``texts[i]``), with their (C, D)
+        embeddings from the backbone's text tower (:func:`~zeroshot.retrieval.search.add_captions` makes them);
+        replaces the captions held. An unknown id raises a KeyError naming it."""
+        if not len(ids) == len(texts) == len(features):
+            raise ValueError(f"{len(ids)} ids, {len(texts)} captions and {len(features)} caption embeddings: "
+                             "give one of each per caption")
+        rows = self.positions(ids)
+        order = np.argsort(rows, kind="stable")  # grouped by image, each image's captions in the order given
+        self.caption_rows = rows[order]
+        self.caption_features = unit_rows(features, dim=self.dim, name="caption embeddings")[order]
+        self.captions = [str(texts[i]) for i in order]
+        return self
+
+    def captions_of(self, row: int) -> list[str]:
+        """The captions of the image at ``row`` (a position, see :meth:`positions`), in the order given."""
+        start, stop = np.searchsorted(self.caption_rows, [row, row + 1])
+        return self.captions[start:stop]
+
     # --- persistence ----------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the faiss index, ``ids.npy`` and ``paths.npy`` (if any) under names new to the folder, then the
-        ``index.json`` manifest that names them: replacing the manifest is one atomic rename, so a reader or a
-        crash sees the previous index or this one whole, never a mix. The previous index's files go last."""
+        """Write the faiss index, ``ids.npy``, ``paths.npy`` and the captions (if any) under names new to the folder,
+        then the ``index.json`` manifest that names them: replacing the manifest is one atomic rename, so a reader or
+        a crash sees the previous index or this one whole, never a mix. The previous index's files go last.
+
+        Image paths are stored relative to ``base``, the folder common to the indexed roots, and ``base`` both
+        relative to the index folder and absolute (see :func:`_find_base`)."""
         import faiss
 
         folder = Path(folder)
@@ -644,16 +690,25 @@ class Index:
                     else {})
         tag = uuid.uuid4().hex[:8]
         files = {"index": f"index-{tag}.faiss", "ids": f"ids-{tag}.npy",
-                 "paths": f"paths-{tag}.npy" if self.paths is not None else None}
+                 "paths": f"paths-{tag}.npy" if self.paths is not None else None,
+                 "captions": f"captions-{tag}.json" if self.captions else None,
+                 "caption_features": f"caption-features-{tag}.npy" if self.captions else None}
+        base = os.path.commonpath(self.roots) if self.roots else ""
         faiss.write_index(self.faiss_index, str(folder / files["index"]))
         atomic_save_npy(folder / files["ids"], self.ids)
         if self.paths is not None:
-            atomic_save_npy(folder / files["paths"], self.paths)
+            atomic_save_npy(folder / files["paths"], _relative_paths(self.paths, base))
+        if self.captions:
+            atomic_write_json(folder / files["captions"], {"ids": self.ids[self.caption_rows].tolist(),
+                                                           "texts": self.captions})
+            atomic_save_npy(folder / files["caption_features"], self.caption_features)
         atomic_write_json(folder / MANIFEST, {
             "version": FORMAT_VERSION, "factory": self.factory, "metric": "inner_product", "normalised": True,
             "dim": self.dim, "n": len(self), "fingerprint": self.fingerprint, "backbone": self.backbone,
             "params": self.params, "tuned_recall": self.tuned_recall, "faiss_version": faiss.__version__,
-            "ids_sha256": _digest(self.ids), "roots": self.roots, "files": files,
+            "ids_sha256": _digest(self.ids), "files": files,
+            "base": {"relative": os.path.relpath(base, folder.absolute()), "absolute": base} if base else None,
+            "roots": [os.path.relpath(root, base) for root in self.roots],
         })
         for name in set(previous.values()) - set(files.values()) - {None}:
             (folder / name).unlink(missing_ok=True)
@@ -670,7 +725,7 @@ class Index:
         if not path.is_file():
             raise FileNotFoundError(f"no index in {folder} ({MANIFEST} missing); build one with `zeroshot index build`")
         manifest = json.loads(path.read_text())
-        if manifest.get("version") != FORMAT_VERSION:
+        if manifest.get("version") not in (1, FORMAT_VERSION):
             raise ValueError(f"{folder}: index format {manifest.get('version')} is not {FORMAT_VERSION}; rebuild it")
         index = cls.__new__(cls)
         index.dim, index.factory = manifest["dim"], manifest["factory"]
@@ -682,8 +737,15 @@ class Index:
         index.ids = load_npy(folder / files["ids"], mmap=False)
         if len(index.ids) != index.faiss_index.ntotal or _digest(index.ids) != manifest["ids_sha256"]:
             raise ValueError(f"{folder}: ids.npy does not match the index (changed or truncated); rebuild the index")
-        index.paths = load_npy(folder / files["paths"], mmap=False) if files.get("paths") else None
-        index.roots = list(manifest["roots"])
+        base = _find_base(folder, manifest.get("base"))
+        stored = load_npy(folder / files["paths"], mmap=False).tolist() if files.get("paths") else None
+        index.paths = None if stored is None else np.array([os.path.join(base, p) if p else "" for p in stored], str)
+        index.roots = [os.path.normpath(os.path.join(base, root)) for root in manifest["roots"]]
         index.params, index.tuned_recall, index._positions = {}, manifest.get("tuned_recall"), None
         index.set_params(**manifest["params"])
-        return index
+        captions = json.loads((folder / files["captions"]).read_text()) if files.get("captions") else None
+        if captions is None:
+            captions, features = {"ids": [], "texts": []}, np.zeros((0, index.dim), np.float32)
+        else:
+            features = load_npy(folder / files["caption_features"], mmap=False)
+        return index.set_captions(captions["ids"], captions["texts"], features)
