@@ -115,6 +115,24 @@ def test_minilm_text_tower_equals_sentence_transformers_pooling(no_network):
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("tower", ["minilm", "open_clip"])
+def test_encode_texts_batches_by_length_and_keeps_the_input_order(tower, tiny_backbone, tmp_path, no_network):
+    """Texts go through shortest first, each batch cut to its longest text where the tower ignores padding (the
+    Hugging Face one; open_clip's own has a fixed position table), and come back in input order, as one
+    full-context forward pass gives them."""
+    from zeroshot.backbone import _padding_id
+
+    backbone = tiny_backbone if tower == "open_clip" else load_backbone(
+        create_untrained_folder(tmp_path / "pair", timm_text_pair_config("test_resnet", 32)), device="cpu")
+    texts = ["a photo of a large fluffy orange cat asleep on a sunny windowsill.", "a dog", "", "a truck.",
+             "two children playing football on a beach at sunset", "cat"]
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(backbone.model.encode_text(backbone.tokenizer(texts)), dim=-1)
+    np.testing.assert_allclose(backbone.encode_texts(texts, batch_size=4), expected.numpy(), atol=1e-5)
+    assert (_padding_id(backbone.model) is not None) == (tower == "minilm")
+    assert backbone.encode_texts([]).shape == (0, backbone.embed_dim)
+
+
 def test_open_clip_name_builds_without_network(no_network):
     backbone = load_backbone("ViT-B-32", device="cpu")
     assert backbone.embed_dim == 512 and backbone.transform.size == 224
