@@ -60,11 +60,11 @@ CLASSIFY = ["classify", "tiny.npz", "--classes", "cat,dog"]
     pytest.param([*CLASSIFY, "--output", "a_file/out.csv"], 2, "a_file is a file", id="output-under-a-file"),
     pytest.param(["eval", "--dataset", "no-such-data", "--card", "cifar10"], 2, "dataset not found",
                  id="missing-dataset"),
-    pytest.param(["index", "build", "tiny.npz", "--out", "idx", "--index", "IVF1024,Flat"], 2,
+    pytest.param(["index", "build", "tiny.npz", "--output", "idx", "--index", "IVF1024,Flat"], 2,
                  "IVF1024,Flat trains 1024 lists on 1000 rows", id="ivf-too-few-rows"),
-    pytest.param(["index", "build", "tiny.npz", "--out", "idx", "--index", "IDMap,Flat"], 2, "drop the IDMap prefix",
+    pytest.param(["index", "build", "tiny.npz", "--output", "idx", "--index", "IDMap,Flat"], 2, "drop the IDMap prefix",
                  id="idmap-factory"),
-    pytest.param(["index", "build", "tiny.npz", "--out", "idx", "--index", "IVF1O,Flat"], 2, "could not parse",
+    pytest.param(["index", "build", "tiny.npz", "--output", "idx", "--index", "IVF1O,Flat"], 2, "could not parse",
                  id="unknown-factory"),
 ])
 def test_each_failure_is_one_line_with_its_exit_code(workdir, argv, code, fragment):
@@ -157,7 +157,7 @@ def test_warnings_are_one_line_too(workdir, tmp_path):
     features = FeatureSet(unit_rows(np.random.default_rng(0).standard_normal((100, 16))), np.zeros(100, np.int64),
                           np.array([f"r{i}" for i in range(100)]), {"fingerprint": "fp"})
     features.save(tmp_path / "features")
-    out = zeroshot("index", "build", tmp_path / "features", "--index", "IVF3,Flat", "--out", tmp_path / "idx",
+    out = zeroshot("index", "build", tmp_path / "features", "--index", "IVF3,Flat", "--output", tmp_path / "idx",
                    cwd=workdir)
     assert out.returncode == 0, out.stderr
     ours = [line for line in out.stderr.splitlines() if "3 lists on 100 rows" in line]
@@ -188,3 +188,17 @@ def test_library_notes_go_through_the_zeroshot_logger_and_the_cli_prints_them_on
     assert capsys.readouterr().err.splitlines() == ["3 of 8 units already in the cache",
                                                      "warning: skipped 1 training image"]
     assert logging.getLogger().level == root_level
+
+
+def test_a_run_in_which_every_file_failed_exits_1_naming_them(tiny_model_dir, tmp_path, capsys):
+    """Nothing decoded is a failed run (exit 1, one error line naming the files), not an empty result."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.png").write_text("this is not an image\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["extract", str(bad), "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert exited.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: none of the 2 file(s) of {bad} could be decoded: empty.jpg (empty file")
+    assert "notes.png (not a decodable image); check that they are image files" in error

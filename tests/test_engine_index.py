@@ -73,11 +73,11 @@ def test_unmergeable_index_is_refused_before_training(features):
 
 def test_cli_builds_on_ray(ray_cluster, features, tmp_path, capsys):
     folder = str(tmp_path / "fs")
-    main(["index", "build", folder, "--out", str(tmp_path / "ray"), "--index", "IVF32,Flat", "--engine", "ray",
+    main(["index", "build", folder, "--output", str(tmp_path / "ray"), "--index", "IVF32,Flat", "--engine", "ray",
           "--address", ray_cluster, "--num-workers", "2"])
-    main(["index", "build", folder, "--out", str(tmp_path / "local"), "--index", "IVF32,Flat"])
+    main(["index", "build", folder, "--output", str(tmp_path / "local"), "--index", "IVF32,Flat"])
     assert '"engine": "ray"' in capsys.readouterr().out
     assert_same_index(Index.load(tmp_path / "ray"), Index.load(tmp_path / "local"), np.asarray(features.features[:20]))
     with pytest.raises(SystemExit) as exit_info:
-        main(["index", "build", folder, "--out", str(tmp_path / "x"), "--num-workers", "2"])
+        main(["index", "build", folder, "--output", str(tmp_path / "x"), "--num-workers", "2"])
     assert exit_info.value.code == 2 and "used only with --engine ray" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def _run(*argv, cache) -> None:
 def test_train_clipn_then_eval_every_detector(slices, tmp_path, capsys, no_network):
     cache, negation, out = slices / "cache", tmp_path / "negation", tmp_path / "eval"
     _run("ood", "train-clipn", "--id", slices / "cifar" / "train.npz", "--classes", _classes(), "--epochs", "3",
-         "--out", negation, cache=cache)
+         "--output", negation, cache=cache)
     info = json.loads((negation / "negation.json").read_text())
     assert info["fingerprint"] == "cb438070808b1159" and info["data"]["class_prompts"]["images"] == 200
     assert len(info["history"]) == 3
@@ -63,7 +63,7 @@ def test_train_clipn_then_eval_every_detector(slices, tmp_path, capsys, no_netwo
 def test_fit_then_score_flags_ood_and_refuses_another_backbone(slices, tmp_path, capsys):
     cache, detector = slices / "cache", tmp_path / "mahalanobis"
     with pytest.warns(UserWarning, match="shrunk"):  # 160 training samples for 384 dimensions
-        _run("ood", "fit", "--detector", "mahalanobis", "--id", slices / "cifar" / "train.npz", "--out", detector,
+        _run("ood", "fit", "--detector", "mahalanobis", "--id", slices / "cifar" / "train.npz", "--output", detector,
              cache=cache)
     meta = json.loads((detector / "head.json").read_text())
     assert meta["fingerprint"] == "cb438070808b1159" and 20 < meta["calibration_n"] < 60 and meta["tpr"] == 0.95
@@ -84,7 +84,7 @@ def test_fit_then_score_flags_ood_and_refuses_another_backbone(slices, tmp_path,
 
 def test_text_detector_without_id_images_needs_a_threshold(slices, tmp_path, capsys):
     cache, detector = slices / "cache", tmp_path / "energy"
-    _run("ood", "fit", "--detector", "energy", "--classes", _classes(), "--out", detector, cache=cache)
+    _run("ood", "fit", "--detector", "energy", "--classes", _classes(), "--output", detector, cache=cache)
     with pytest.raises(SystemExit) as exited:
         _run("ood", "score", detector, slices / "mnist" / "test.npz", cache=cache)
     assert exited.value.code == 2 and "no calibrated threshold" in capsys.readouterr().err
@@ -92,5 +92,14 @@ def test_text_detector_without_id_images_needs_a_threshold(slices, tmp_path, cap
          cache=cache)
     assert len((tmp_path / "s.csv").read_text().splitlines()) == 201
     with pytest.raises(SystemExit) as exited:
-        _run("ood", "fit", "--detector", "mahalanobis", "--classes", "a,b", "--out", tmp_path / "m", cache=cache)
+        _run("ood", "fit", "--detector", "mahalanobis", "--classes", "a,b", "--output", tmp_path / "m", cache=cache)
     assert exited.value.code == 2 and "fitted on ID images" in capsys.readouterr().err
+
+
+def test_eval_prints_a_line_per_detector_as_it_goes(slices, tmp_path, capsys):
+    main(["ood", "eval", "--id", str(slices / "cifar" / "id.npz"), "--ood", str(slices / "mnist" / "test.npz"),
+          "--classes", _classes(), "--detectors", "energy,mcm", "--output", str(tmp_path / "eval"),
+          "--cache-dir", str(slices / "cache"), "--device", "cpu"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert [line.split(":")[0] for line in lines] == ["[1/2] energy", "[2/2] mcm"]
+    assert all(" AUROC " in line and " / FPR95 " in line and line.endswith(" s)") for line in lines)

@@ -17,6 +17,7 @@ import traceback
 import warnings
 
 from . import cache, classify, concepts, distill, fewshot, ood, retrieval
+from .options import Parser
 
 VERB_GROUPS = (classify, fewshot, ood, retrieval, distill, concepts, cache)  # each adds its sub-commands
 
@@ -33,7 +34,7 @@ EXIT_CODES = (  # the first row whose types match decides
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="zeroshot", description=__doc__.split("\n")[0])
+    parser = Parser(prog="zeroshot", description=__doc__.split("\n")[0])  # its sub-parsers share its help format
     parser.add_argument("--version", action="version", version=f"zeroshot {__version__}")
     parser.add_argument("--debug", action="store_true", default=os.environ.get("ZEROSHOT_DEBUG", "") not in ("", "0"),
                         help="print the traceback of an error (also: ZEROSHOT_DEBUG=1); may follow the sub-command")

@@ -252,7 +252,8 @@ def tagger_from_args(args, names: list[str]):
     print(f"note: the image side is tagged by {args.tagger}: tagging a model's own training images with that same "
           "model is circular, so read its image and integrated counts as the model's own opinion", file=sys.stderr)
     tagger = backbone_from_args(args, args.tagger)
-    W = class_embeddings(tagger, names, classes_and_templates(args)[1], cache_dir=args.cache_dir)
+    W = class_embeddings(tagger, names, classes_and_templates(args)[1], cache_dir=args.cache_dir,
+                         progress=not args.quiet)
     return lambda corpus: corpus_tags(corpus, tagger, W, args.tag_threshold, cache_dir=args.cache_dir,
                                       progress=not args.quiet)
 
@@ -271,21 +272,21 @@ def add_count_args(p) -> None:
     """How captions are matched: corpus column, synonyms, match mode, lemmatiser."""
     p.add_argument("--column", help="CSV/TSV/parquet column or JSONL field holding the caption (default: caption)")
     p.add_argument("--synonyms", default="wordnet",
-                   help="wordnet (the first noun sense's lemmas, from the shipped WordNet extract; the default), card "
+                   help="wordnet (the first noun sense's lemmas, from the shipped WordNet extract), card "
                         "(names only: the shipped cards carry no synonyms), none, or a concept file "
                         "'name: syn1, syn2'")
     p.add_argument("--mode", default="all_unigrams", choices=["all_unigrams", "phrase"],
                    help="all_unigrams: every word of a name in the caption (the paper); phrase: contiguous")
     p.add_argument("--lemmatiser", default="lemminflect",
-                   help="lemminflect (default), simplemma, spacy-lookups, spacy:MODEL or none")
+                   help="lemminflect, simplemma, spacy-lookups, spacy:MODEL or none")
 
 
 def add_fit_args(p) -> None:
     """How the trend is fitted: the bootstrap seed and what a zero count means."""
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--zero-counts", default="exclude", choices=["exclude", "as_one"],
-                   help="concepts never counted: left out of the fit (default), or fitted at count 1 as the paper's "
-                        "notebooks do")
+                   help="concepts never counted: left out of the fit (exclude), or fitted at count 1 as the paper's "
+                        "notebooks do (as_one)")
 
 
 def add_commands(sub) -> None:
@@ -304,7 +305,7 @@ def add_commands(sub) -> None:
     p = concepts_sub.add_parser("fit", help="fit accuracy against log frequency (fit.json + trend.png)")
     p.add_argument("--counts", required=True, help="counts.csv from zeroshot concepts count")
     p.add_argument("--metrics", required=True, help="metrics.json from zeroshot eval (per_class_recall)")
-    p.add_argument("--count", default="text", choices=COUNT_KINDS, help="which count to fit (default: text)")
+    p.add_argument("--count", default="text", choices=COUNT_KINDS, help="which count to fit")
     add_fit_args(p)
     p.add_argument("--output", required=True, help="output folder")
     p.set_defaults(func=cmd_fit)
@@ -317,14 +318,14 @@ def add_commands(sub) -> None:
                         "(text, image and integrated counts)")
     add_count_args(p)
     p.add_argument("--count", default="text", choices=COUNT_KINDS,
-                   help="which count to fit; image and integrated need --corpus default-model (default: text)")
+                   help="which count to fit; image and integrated need --corpus default-model")
     p.add_argument("--tagger", help="with --corpus default-model: a backbone that tags every training image (cosine "
                    "to the class prompts >= --tag-threshold) instead of the Tiny ImageNet labels")
     p.add_argument("--tag-threshold", type=float, default=TAG_THRESHOLD,
-                   help=f"cosine a tagged image reaches (default {TAG_THRESHOLD})")
+                   help="cosine a tagged image reaches")
     p.add_argument("--data", default=os.environ.get("ZEROSHOT_SHARED_DATA", "../shared/data"),
                    help="with --corpus default-model: the shared data folder the default model trained on "
-                        "(tinyimagenet/ and flickr8k_1k/; default: $ZEROSHOT_SHARED_DATA or ../shared/data)")
+                        "(tinyimagenet/ and flickr8k_1k/; $ZEROSHOT_SHARED_DATA sets the default)")
     add_fit_args(p)
     p.add_argument("--output", required=True, help="output folder")
     add_model_args(p)

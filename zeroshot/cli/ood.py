@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.ood import DETECTORS, FEATURE_DETECTORS, choose_detectors, dataset_label, fit_detector, write_report
+from ..evaluation.ood import (DETECTORS, FEATURE_DETECTORS, choose_detectors, fit_detector, run_detectors,
+                              write_report)
 from ..heads.registry import canonical_name
-from .options import (add_class_args, add_model_args, backbone_from_args, check_classes, check_exists, check_output,
-                      check_run_args, class_embeddings_from_args, classes_and_templates, extract_from_args, open_data,
-                      report_failed)
+from ..plotting import dataset_label
+from .options import (add_class_args, add_model_args, add_output_arg, backbone_from_args, check_classes, check_exists,
+                      check_output, check_run_args, class_embeddings_from_args, classes_and_templates,
+                      extract_from_args, open_data, report_failed)
 
 
 def _class_side(args, backbone, dataset_classes=None) -> dict:
@@ -36,7 +38,7 @@ def cmd_fit(args) -> None:
             raise ValueError(f"--detector {args.detector} is fitted on ID images: give --id ID_IMAGES")
         if not 0 <= args.calibration_fraction < 1:
             raise ValueError(f"--calibration-fraction must be in [0, 1), got {args.calibration_fraction}")
-    check_output("--out", args.out, folder=True)
+    check_output("--output", args.output, folder=True)
     check_exists("--negation", args.negation)
     id_data = open_data(args.id) if args.id else None
     check_classes(args, id_data, required=False)
@@ -52,9 +54,9 @@ def cmd_fit(args) -> None:
     n_calibration = len(calibration) if calibration is not None else 0
     if n_calibration:
         detector.calibrate(calibration.features, args.tpr)
-    detector.save(args.out, fingerprint=backbone.fingerprint, model=backbone.name, detector=args.detector,
+    detector.save(args.output, fingerprint=backbone.fingerprint, model=backbone.name, detector=args.detector,
                   id_data=args.id, tpr=args.tpr if n_calibration else None, calibration_n=n_calibration)
-    print(json.dumps({"detector": args.detector, "out": args.out, "fingerprint": backbone.fingerprint,
+    print(json.dumps({"detector": args.detector, "out": args.output, "fingerprint": backbone.fingerprint,
                       "threshold": detector.offset_, "tpr": args.tpr, "calibration_n": n_calibration}, indent=1))
 
 
@@ -92,7 +94,7 @@ def cmd_train_clipn(args) -> None:
     if not (args.captions or args.id):
         raise ValueError("give --captions FOLDER (images/ + captions.csv) and/or --id labelled ID images with --card")
     check_run_args(args)
-    check_output("--out", args.out, folder=True)
+    check_output("--output", args.output, folder=True)
     check_exists("--captions", args.captions)
     caption_data = open_data(Path(args.captions) / "images") if args.captions else None
     id_data = open_data(args.id) if args.id else None
@@ -117,17 +119,17 @@ def cmd_train_clipn(args) -> None:
     config = NegationConfig(rank=args.rank, epochs=args.epochs, seed=args.seed)
     negation = train_negation(features, targets, logit_scale=backbone.logit_scale, config=config,
                               info={"fingerprint": backbone.fingerprint, "model": backbone.name, "data": sources})
-    negation.save(args.out)
+    negation.save(args.output)
     info = negation.info
     best = min(info["history"], key=lambda r: r.get("val_total", 0))
-    print(json.dumps({"out": args.out, "fingerprint": backbone.fingerprint, "images": info["n_images"],
+    print(json.dumps({"out": args.output, "fingerprint": backbone.fingerprint, "images": info["n_images"],
                       "texts": info["n_texts"], "best_epoch": best, "seconds": info["seconds"]}, indent=1))
 
 
 def cmd_eval(args) -> None:
     from ..heads import ZeroShotClassifier
     from ..metrics import classification_metrics
-    from ..ood_metrics import evaluate_detectors, markdown_table
+    from ..ood_metrics import markdown_table
 
     check_run_args(args)
     check_output("--output", args.output, folder=True)
@@ -143,9 +145,9 @@ def cmd_eval(args) -> None:
     ood = {label: extract_from_args(args, backbone, data).features for label, data in ood_data.items()}
     train = extract_from_args(args, backbone, train_data) if train_data is not None else None
     side = _class_side(args, backbone, id_fs.classes)
-    detectors = {n: fit_detector(n, logit_scale=backbone.logit_scale, train=train, **side) for n in names}
-    rows, scores = evaluate_detectors(detectors, id_fs.features, ood)
-    report = {"model": backbone.name, "fingerprint": backbone.fingerprint, "id": str(args.id),
+    rows, scores = run_detectors(names, id_fs.features, ood, logit_scale=backbone.logit_scale, train=train,
+                                 progress=not args.quiet, **side)
+    report = {"model": backbone.name, "fingerprint": backbone.fingerprint, "id": str(args.id), "card": args.card,
               "ood": args.ood.split(","), "train": args.train, "negation": args.negation, "skipped": notes}
     if "class_embeddings" in side and (np.asarray(id_fs.labels) >= 0).all():
         zero_shot = ZeroShotClassifier(logit_scale=backbone.logit_scale).fit(class_embeddings=side["class_embeddings"])
@@ -163,8 +165,9 @@ def add_commands(sub) -> None:
     ood_sub = ood.add_subparsers(dest="ood_command", required=True)
 
     p = ood_sub.add_parser("fit", help="fit one detector and save it (safetensors + JSON, with the fingerprint)")
-    p.add_argument("--detector", required=True, type=canonical_name, choices=DETECTORS)
-    p.add_argument("--out", required=True, help="output folder of the saved detector")
+    p.add_argument("--detector", required=True, type=canonical_name, choices=DETECTORS,
+                   help="the detector to fit ('_' for '-' works too)")
+    add_output_arg(p, "output folder of the saved detector")
     add_class_args(p, "comma-separated ID class names")
     p.add_argument("--id", help="ID images: training features of mahalanobis/knn (labels used when present) and "
                                 "the calibration set of the threshold")
@@ -172,7 +175,7 @@ def add_commands(sub) -> None:
     p.add_argument("--tpr", type=float, default=0.95, help="ID acceptance rate the saved threshold keeps")
     p.add_argument("--calibration-fraction", type=float, default=0.2,
                    help="share of --id held out to set the threshold of mahalanobis/knn (fitted on the rest)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the --calibration-fraction split")
     add_model_args(p)
     p.set_defaults(func=cmd_fit)
 
@@ -191,20 +194,20 @@ def add_commands(sub) -> None:
     add_class_args(p, "comma-separated ID class names")
     p.add_argument("--negation", help="negation map folder for clipn-ctw / clipn-atd")
     p.add_argument("--detectors", default="all", help=f"'all' or a comma-separated subset of {', '.join(DETECTORS)}")
-    p.add_argument("--output", default="ood_eval", help="output folder (default: ./ood_eval)")
+    p.add_argument("--output", default="ood_eval", help="output folder")
     add_model_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = ood_sub.add_parser("train-clipn", help="train a CLIPN-style negation map on captions and/or class prompts")
-    p.add_argument("--out", required=True, help="output folder (negation.safetensors + negation.json)")
+    add_output_arg(p, "output folder (negation.safetensors + negation.json)")
     p.add_argument("--captions", help="folder with images/ and captions.csv (image,caption_idx,caption)")
     p.add_argument("--first", type=int, default=None,
                    help="use only the first N caption images by sorted name (800 for ../shared/data/flickr8k_1k: "
                         "the default model holds out the last 200)")
     p.add_argument("--id", help="labelled ID images, paired with their class prompts (needs --card or --classes)")
     add_class_args(p, "comma-separated ID class names")
-    p.add_argument("--rank", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=int, default=64, help="rank of the negation map's low-rank update")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, validation split and shuffling")
     add_model_args(p)
     p.set_defaults(func=cmd_train_clipn)

@@ -2,19 +2,52 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every ``--help`` shows each option's default, as ``(default: X)`` after its help, except where it says
+    nothing: ``None`` (the option is unset; its help says what happens then), ``False`` (a flag that is off) or a help
+    that states its default in its own words (``(default: ...)``, e.g. ``$ZEROSHOT_CACHE or ~/.cache/zeroshot``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser using :class:`HelpFormatter`; ``add_subparsers`` makes sub-parsers of the parser's own class,
+    so every sub-command, nested ones included, gets the same formatter without passing it to each ``add_parser``."""
+
+    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = HelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
+def add_output_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """A required ``--output``, still accepting ``--out`` (the old spelling of four commands) as a hidden alias for
+    one release: both fill ``args.output``; ``--help`` and the usage line show ``--output`` only."""
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--output", help=help)
+    given.add_argument("--out", dest="output", help=argparse.SUPPRESS)  # kept for one release, then removed
+
+
+def add_run_args(p: argparse.ArgumentParser, *, batch_size_help: str = "images per forward pass (default: 256 on "
+                 "a GPU, 64 on a CPU)") -> None:
     """Options every command that runs a model shares."""
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="precision the model computes in")
+    p.add_argument("--batch-size", type=int, default=None, help=batch_size_help)
     add_cache_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no 'loading model' lines")
 
 
 def add_cache_arg(p: argparse.ArgumentParser) -> None:
@@ -25,12 +58,14 @@ def add_cache_arg(p: argparse.ArgumentParser) -> None:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--decode``, ``--workers`` and the run options."""
     p.add_argument("--model", default=os.environ.get("ZEROSHOT_MODEL", "default"),
-                   help="model folder, local-dir:PATH, open_clip NAME[/PRETRAINED], or 'default' (the shipped "
-                        "offline model; $ZEROSHOT_MODEL overrides)")
+                   help="model folder, local-dir:PATH, open_clip NAME[/PRETRAINED], or 'default': the shipped "
+                        "offline model ($ZEROSHOT_MODEL sets the default)")
     p.add_argument("--decode", default="exact", choices=["exact", "draft"],
-                   help="draft: JPEG DCT-scaled decoding, faster, pixels differ slightly (own cache)")
+                   help="exact: open_clip's preprocessing; draft: JPEG DCT-scaled decoding, faster, pixels differ "
+                        "slightly (own cache)")
     p.add_argument("--workers", type=int, default=None,
-                   help="decode workers (local engine) or decode threads per Ray worker (--engine ray)")
+                   help="decode workers (local engine) or decode threads per Ray worker (--engine ray) (default: "
+                        "all cores but one on a GPU, up to 4 on a CPU)")
     add_run_args(p)
 
 
@@ -40,14 +75,14 @@ def add_engine_args(p: argparse.ArgumentParser, *, workers_help: str = "Ray work
     from ..engines.session import ENGINES
 
     p.add_argument("--engine", default="local", choices=ENGINES,
-                   help="local (default) or ray: run the work units on a Ray cluster (pip install 'zeroshot[ray]')")
+                   help="local: this machine; ray: run the work units on a Ray cluster (pip install 'zeroshot[ray]')")
     p.add_argument("--address", default=None,
                    help="Ray cluster to use: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, else a "
                         "local cluster started and stopped by this command)")
     p.add_argument("--num-workers", type=int, default=None, help=workers_help)
     if gpus:
         p.add_argument("--gpus-per-worker", type=float, default=0,
-                       help="GPUs each Ray worker encodes on (default 0: CPU)")
+                       help="GPUs each Ray worker encodes on (0: CPU)")
 
 
 def check_engine_args(args: argparse.Namespace) -> None:
@@ -77,20 +112,41 @@ def add_class_args(p: argparse.ArgumentParser,
     p.add_argument("--classes", help=classes_help)
 
 
+@contextlib.contextmanager
+def loading_note(name: str) -> Iterator[None]:
+    """``loading model NAME ...`` on stderr at once, then how long it took: building a model (imports, weights) takes
+    seconds to minutes in which nothing else would be printed."""
+    print(f"loading model {name} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"loaded model {name} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
 def backbone_from_args(args, spec: str | None = None):
-    """The backbone ``--model`` names (or ``spec``, e.g. a tagger), on ``--device`` at ``--precision``."""
+    """The backbone ``--model`` names (or ``spec``, e.g. a tagger or a teacher), on ``--device`` at ``--precision``;
+    its network is built when first needed, announced by :func:`loading_note` unless ``--quiet``."""
     from .. import load_backbone
 
-    return load_backbone(spec or args.model, device=args.device, precision=args.precision, decode=args.decode)
+    spec = spec or args.model
+    return load_backbone(spec, device=args.device, precision=args.precision, decode=getattr(args, "decode", "exact"),
+                         loading=contextlib.nullcontext if args.quiet else partial(loading_note, spec))
 
 
 def extract_from_args(args, backbone, data):
+    """The FeatureSet of ``data`` (an opened dataset), cached, with the run options. A run in which every file failed
+    to decode is an error (exit 1), not an empty result that later steps would report as something else."""
     from .. import extract
 
     ray = {"engine": args.engine, "address": args.address, "ray_workers": args.num_workers,
            "gpus_per_worker": getattr(args, "gpus_per_worker", 0)} if hasattr(args, "engine") else {}
-    return extract(backbone, data, cache_dir=args.cache_dir, batch_size=args.batch_size, num_workers=args.workers,
-                   progress=not args.quiet, **ray)
+    fs = extract(backbone, data, cache_dir=args.cache_dir, batch_size=args.batch_size, num_workers=args.workers,
+                 progress=not args.quiet, **ray)
+    if len(fs) == 0 and fs.failed:
+        first = ", ".join(f"{i} ({reason})" for i, reason in list(fs.failed.items())[:3])
+        raise OSError(f"none of the {len(fs.failed)} file(s) of {data.location} could be decoded: {first}"
+                      f"{', ...' if len(fs.failed) > 3 else ''}; check that they are image files (JPEG, PNG, WebP "
+                      "...) and readable, or give other data")
+    return fs
 
 
 def classes_and_templates(args, dataset_classes=None) -> tuple[list[str], list[str]]:
@@ -108,11 +164,12 @@ def classes_and_templates(args, dataset_classes=None) -> tuple[list[str], list[s
 
 
 def class_embeddings_from_args(args, backbone, dataset_classes=None):
-    """(class names, (C, D) class text embeddings) from ``--classes`` / ``--card``, cached."""
+    """(class names, (C, D) class text embeddings) from ``--classes`` / ``--card``, cached; a progress bar while the
+    prompts are encoded unless ``--quiet``."""
     from .. import class_embeddings
 
     names, templates = classes_and_templates(args, dataset_classes)
-    return names, class_embeddings(backbone, names, templates, cache_dir=args.cache_dir)
+    return names, class_embeddings(backbone, names, templates, cache_dir=args.cache_dir, progress=not args.quiet)
 
 
 def report_failed(fs) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from .options import (
     add_engine_args,
     add_model_args,
+    add_output_arg,
     backbone_from_args,
     check_at_least,
     check_exists,
@@ -29,7 +30,7 @@ def add_commands(sub) -> None:
     build = verbs.add_parser("build", help="index images (any dataset kind) or a saved FeatureSet folder")
     build.add_argument("data", nargs="+", help="images: folder, .csv list, .npz, tar shards or files; or a FeatureSet "
                                                "folder written by `zeroshot extract --output`")
-    build.add_argument("--out", required=True, help="index folder to write")
+    add_output_arg(build, "index folder to write")
     build.add_argument("--index", default="auto", help="'auto' (picked from N, D and --max-memory) or a faiss "
                                                        "index_factory string: Flat, HNSW32, IVF1024,Flat, IVF4096,PQ48x8")
     build.add_argument("--max-memory", default="2G", help="memory budget for 'auto' (e.g. 2G, 500M)")
@@ -37,7 +38,10 @@ def add_commands(sub) -> None:
                        help="recall@10 vs exact search that nprobe/efSearch are tuned to")
     build.add_argument("--nprobe", type=int, help="IVF lists searched (skips tuning)")
     build.add_argument("--ef-search", type=int, help="HNSW search breadth (skips tuning)")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--seed", type=int, default=0, help="seed of the training sample and the tuning queries")
+    build.add_argument("--captions", metavar="CSV", help="CSV of captions to store with the index, several per image allowed (header "
+                                          "with columns image and caption, e.g. Flickr8k's captions.csv): `serve` "
+                                          "shows them under each result and text searches can match them")
     add_engine_args(build, gpus=True, workers_help="Ray tasks encoding row chunks at once (default: the cluster's "
                     "CPUs; --engine ray builds IVF and Flat indexes), and the Ray workers extracting images")
     add_model_args(build)
@@ -57,17 +61,24 @@ def add_commands(sub) -> None:
     p.add_argument("-k", type=int, default=10, help="results per query")
     p.add_argument("--template", action="append", help="prompt template with {} for text queries, repeatable; "
                                                        "embeddings are averaged (default: the text as is)")
-    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"],
+                   help="results as an aligned table, CSV (query, rank, score, id, path) or JSON")
     p.add_argument("--output", help="write results here (default: stdout)")
     add_model_args(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("serve", help="search page + JSON API over an index (http://127.0.0.1:8000/)")
     p.add_argument("index", help="index folder (from `zeroshot index build`)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest image upload accepted")
     p.add_argument("--template", action="append", help="prompt template with {} for text queries, repeatable")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="a further name the server answers to, repeatable; it always answers to the bound address "
+                        "and localhost, and refuses other Host headers (DNS rebinding); '*' allows any")
+    p.add_argument("--dedup-cosine", type=float, metavar="COSINE",
+                   help="near-duplicates hidden by the page's dedup toggle: results within this cosine of a better one "
+                        "(default: 0.97, measured for the default model; see README)")
     add_model_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -75,18 +86,21 @@ def add_commands(sub) -> None:
 def cmd_index_build(args) -> None:
     from ..features import MANIFEST, FeatureSet
     from ..retrieval.index import Index, check_factory, parse_bytes
+    from ..retrieval.search import add_captions, read_captions
 
     start = time.perf_counter()
     check_run_args(args)
-    check_output("--out", args.out, folder=True)
+    check_output("--output", args.output, folder=True)
     parse_bytes(args.max_memory)
     if not 0 < args.target_recall <= 1:
         raise ValueError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     check_at_least("--nprobe", args.nprobe)
     check_at_least("--ef-search", args.ef_search)
+    check_exists("--captions", args.captions)
+    captions = read_captions(args.captions) if args.captions else None  # a bad file fails before any encoding
     source = args.data[0] if len(args.data) == 1 else args.data
     if isinstance(source, str) and (Path(source) / MANIFEST).is_file():
-        features = FeatureSet.load(source)
+        features, backbone = FeatureSet.load(source), None
     else:
         data, backbone = open_data(source), backbone_from_args(args)
         check_factory(args.index, len(data), backbone.embed_dim, warn=False)  # errors before encoding
@@ -96,10 +110,13 @@ def cmd_index_build(args) -> None:
     index = Index.build(features, factory=args.index, max_memory=args.max_memory, target_recall=args.target_recall,
                         params=params or None, seed=args.seed, engine=args.engine, address=args.address,
                         num_workers=args.num_workers)
-    index.save(args.out)
+    if captions:
+        add_captions(index, backbone or backbone_from_args(args), *captions)
+    index.save(args.output)
     print(json.dumps({"n": len(index), "dim": index.dim, "factory": index.factory, "params": index.params,
                       "tuned_recall@10": index.tuned_recall, "fingerprint": index.fingerprint,
-                      "images": index.paths is not None, "engine": args.engine, "out": args.out,
+                      "images": index.paths is not None, "captions": len(index.captions), "engine": args.engine,
+                      "out": args.output,
                       "seconds": round(time.perf_counter() - start, 2)}, indent=1))
 
 
@@ -166,15 +183,21 @@ def format_results(queries: list[str], hits: list, fmt: str) -> str:
 
 
 def cmd_serve(args) -> None:
+    from ..cache import resolve_cache_dir
     from ..retrieval.index import Index
+    from ..retrieval.search import DEDUP_COSINE
     from ..retrieval.serve import SearchService, serve
 
     check_run_args(args)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.dedup_cosine is not None and not 0 < args.dedup_cosine <= 1:
+        raise ValueError(f"--dedup-cosine must be in (0, 1], got {args.dedup_cosine}")
     index = Index.load(args.index)
     service = SearchService(index, backbone_from_args(args), max_upload=int(args.max_upload_mb * 2**20),
-                            templates=args.template)
+                            templates=args.template, dedup_cosine=args.dedup_cosine or DEDUP_COSINE,
+                            thumbnails=resolve_cache_dir(args.cache_dir) / "thumbnails")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"note: binding {args.host} makes the search service reachable from other machines", file=sys.stderr)
-    serve(service, args.host, args.port)
+        print(f"note: binding {args.host} makes the search service reachable from other machines; it answers to "
+              "the names given with --allow-host", file=sys.stderr)
+    serve(service, args.host, args.port, verbose=not args.quiet, allow_hosts=args.allow_host or ())
