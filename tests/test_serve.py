@@ -441,3 +441,12 @@ def test_flickr_held_out_text_to_image_recall_through_the_index(flickr):
     rank = (scores > scores[np.arange(len(texts)), rows][:, None]).sum(axis=1)
     assert recall == pytest.approx({f"recall@{k}": float((rank < k).mean()) for k in (1, 5, 10)}, abs=0.01)
     assert recall["recall@10"] > 2 * 10 / 50
+
+
+def test_a_port_in_use_is_one_clear_error(service):
+    first = make_server(service, "127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError, match=r"port \d+ on 127.0.0.1 is in use; stop the other server, or pick another"):
+            make_server(service, "127.0.0.1", first.server_address[1])
+    finally:
+        first.server_close()

@@ -16,6 +16,7 @@ client that hangs up early is let go without a traceback or an error line.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import mimetypes
@@ -320,7 +321,12 @@ def make_server(service: SearchService, host: str = "127.0.0.1", port: int = 800
                 allow_hosts: list[str] = ()) -> ThreadingHTTPServer:
     """A bound, not yet running server (port 0 picks a free one: see ``server.server_address``). It answers requests
     whose ``Host`` is ``host``, the address bound, ``localhost`` or one of ``allow_hosts`` (``*``: any host)."""
-    server = _Server((host, port), _Handler)
+    try:
+        server = _Server((host, port), _Handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(f"port {port} on {host} is in use; stop the other server, or pick another --port") from None
+        raise
     server.service, server.verbose = service, verbose
     server.allowed_hosts = {name.lower() for name in (host, server.server_address[0], "localhost", *allow_hosts)}
     return server
@@ -335,7 +341,7 @@ def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, *, 
     server = make_server(service, host, port, verbose=verbose, allow_hosts=allow_hosts)
     address, bound_port = server.server_address[:2]
     try:
-        service.backbone.model  # build the network now, not on the first query
+        _ = service.backbone.model  # build the network now, not on the first query
         log.info("serving %s indexed images on http://%s:%d/  (Ctrl-C stops)", f"{len(service.index):,}", address,
                  bound_port)
         server.serve_forever()
