@@ -9,6 +9,7 @@ the same paths on every node: features travel back through Ray's object store.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -85,7 +86,8 @@ def encode_on_ray(store: ShardStore, plan: ShardPlan, backbone: Backbone, datase
         remote = ray.remote(UnitEncoder).options(num_cpus=cpus, num_gpus=gpus_per_worker,
                                                  max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         device = "cuda" if gpus_per_worker else "cpu"
-        model = dataclasses.replace(backbone, requested_device=device)  # unbuilt: each actor builds its own
+        # unbuilt: each actor builds its own, quietly (the driver's "loading model" note would repeat per worker)
+        model = dataclasses.replace(backbone, requested_device=device, loading=contextlib.nullcontext)
         shared = [ray.put(model), ray.put(dataset)]  # held here until the end: restarted actors fetch them again
         pool = [remote.remote(decode_threads or cpus) for _ in range(actors)]
         bar = progress_bar(total=plan.n, initial=plan.n - sum(len(plan.rows(s)) for s in todo), enabled=progress,
