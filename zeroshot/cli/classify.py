@@ -76,6 +76,8 @@ def cmd_eval(args) -> None:
     check_run_args(args)
     out = Path(args.output or "eval")
     check_output("--output", out, folder=True)
+    if args.task == "zeroshot_retrieval":
+        return retrieval_eval(args, out, start)
     data = open_data(args.dataset)
     check_classes(args, data)
     backbone = backbone_from_args(args)
@@ -98,6 +100,25 @@ def cmd_eval(args) -> None:
     report_failed(fs)
 
 
+def retrieval_eval(args, out: Path, start: float) -> None:
+    """``eval --task zeroshot_retrieval``: CLIP_benchmark's retrieval recall@1/5/10 on a caption folder."""
+    from ..evaluation.retrieval import caption_dataset, evaluate_retrieval
+
+    caption_dataset(args.dataset)  # a folder without captions.csv fails before the model loads
+    backbone = backbone_from_args(args)
+    metrics = evaluate_retrieval(backbone, args.dataset, cache_dir=args.cache_dir, extract_options={
+        "batch_size": args.batch_size, "num_workers": args.workers, "progress": not args.quiet})
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"task": args.task, "model": backbone.name, "fingerprint": backbone.fingerprint,
+              "dataset": str(args.dataset), **metrics, "seconds": round(time.perf_counter() - start, 3)}
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "failed"}, indent=1))
+    print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
+    if metrics["failed"]:
+        print(f"skipped {len(metrics['failed'])} file(s) that could not be decoded (listed in metrics.json)",
+              file=sys.stderr)
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("extract", help="encode a dataset into a cached FeatureSet")
     p.add_argument("data", help="image folder, .npz, .csv file list, or tar shards")
@@ -115,8 +136,15 @@ def add_commands(sub) -> None:
     add_model_args(p)
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("eval", help="zero-shot accuracy on a labelled dataset (metrics.json + confusion PNG)")
-    p.add_argument("--dataset", required=True, help="labelled images: class folders, .npz, .csv or tar shards")
+    p = sub.add_parser("eval", help="zero-shot accuracy on a labelled dataset (metrics.json + confusion PNG), or "
+                       "image-text retrieval recall on a caption dataset (--task zeroshot_retrieval)")
+    p.add_argument("--task", choices=("zeroshot_classification", "zeroshot_retrieval"),
+                   default="zeroshot_classification",
+                   help="zeroshot_classification: accuracy against --card/--classes; zeroshot_retrieval: "
+                        "CLIP_benchmark's image->text and text->image recall@1/5/10 (--dataset is a folder with "
+                        "images/ and captions.csv)")
+    p.add_argument("--dataset", required=True, help="labelled images: class folders, .npz, .csv or tar shards; for "
+                   "zeroshot_retrieval a folder holding images/ and captions.csv (columns image, caption)")
     add_class_args(p)
     p.add_argument("--output", help="output folder (default: ./eval)")
     p.add_argument("--normalize", choices=("rows", "none"), default="rows",

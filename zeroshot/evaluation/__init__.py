@@ -1,1 +1,1 @@
-"""Evaluations on cached features: the few-shot protocol and OOD detection reports."""
+"""Evaluations on cached features: the few-shot protocol, OOD detection reports and image-text retrieval recall."""
