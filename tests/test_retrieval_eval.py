@@ -109,3 +109,11 @@ def test_eval_without_captions_is_one_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "captions.csv does not exist" in err[0]
+
+
+def test_eval_refuses_class_options_for_retrieval(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--task", "zeroshot_retrieval", "--dataset", str(tmp_path), "--card", "cifar10",
+              "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--card name classes for zeroshot_classification" in capsys.readouterr().err

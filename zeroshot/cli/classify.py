@@ -104,6 +104,10 @@ def retrieval_eval(args, out: Path, start: float) -> None:
     """``eval --task zeroshot_retrieval``: CLIP_benchmark's retrieval recall@1/5/10 on a caption folder."""
     from ..evaluation.retrieval import caption_dataset, evaluate_retrieval
 
+    given = [flag for flag, value in (("--card", args.card), ("--classes", args.classes)) if value]
+    if given:
+        raise ValueError(f"{' and '.join(given)} name classes for zeroshot_classification; zeroshot_retrieval reads "
+                         "the captions in the dataset folder: drop them")
     caption_dataset(args.dataset)  # a folder without captions.csv fails before the model loads
     backbone = backbone_from_args(args)
     metrics = evaluate_retrieval(backbone, args.dataset, cache_dir=args.cache_dir, extract_options={
