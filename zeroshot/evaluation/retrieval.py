@@ -78,23 +78,20 @@ def evaluate_retrieval(backbone, folder: str | os.PathLike, *, ks: tuple[int, ..
 
     Image features come from :func:`zeroshot.extract` and caption embeddings from
     :func:`zeroshot.prompts.encode_texts_cached`, both cached per backbone fingerprint (``cache_dir`` as there).
-    Captions are matched to images by file name; images without a caption and captions of images that failed to
+    Captions are matched to images as the search index matches them (by id, or by a file name that names one image:
+    :func:`~zeroshot.retrieval.search.match_captions`); images without a caption and captions of images that failed to
     decode are left out. Returns the metrics of :func:`retrieval_recall` with ``n_images``, ``n_texts`` and
     ``failed`` (id -> reason). ``extract_options``: further keyword arguments for ``extract`` (batch size, ...).
     """
     from ..extraction import extract
     from ..prompts import encode_texts_cached
-    from ..retrieval.search import read_captions
+    from ..retrieval.search import match_captions, read_captions
 
     image_folder, captions_csv = caption_dataset(folder)
-    names, captions = read_captions(captions_csv)
     fs = extract(backbone, image_folder, cache_dir=cache_dir, **(extract_options or {}))
-    row_of = {Path(str(i)).name: row for row, i in enumerate(fs.ids)}
-    pairs = [(row_of[name], caption) for name, caption in zip(names, captions) if name in row_of]
-    if not pairs:
-        raise ValueError(f"no caption of {captions_csv} names a decodable image of {image_folder}")
-    rows, texts = zip(*pairs)
-    used, text_image = np.unique(rows, return_inverse=True)  # keep only captioned images, renumbered
-    metrics = retrieval_recall(np.asarray(fs.features)[used], encode_texts_cached(backbone, list(texts), cache_dir),
+    owners, texts = match_captions(fs.ids.tolist(), *read_captions(captions_csv), f"a decodable image of {image_folder}")
+    row_of = {image_id: row for row, image_id in enumerate(fs.ids.tolist())}
+    used, text_image = np.unique([row_of[owner] for owner in owners], return_inverse=True)  # captioned images only
+    metrics = retrieval_recall(np.asarray(fs.features)[used], encode_texts_cached(backbone, texts, cache_dir),
                                text_image, ks)
     return {**metrics, "n_images": len(used), "n_texts": len(texts), "failed": fs.failed}

@@ -164,16 +164,23 @@ def add_captions(index: Index, backbone, images: list[str], captions: list[str])
     out; when none names one, ValueError.
     """
     index.check_fingerprint(backbone.fingerprint)
-    ids = index.ids.tolist()
+    owners, texts = match_captions(index.ids.tolist(), images, captions, "an indexed image")
+    index.set_captions(owners, texts, backbone.encode_texts(texts))
+    return len(texts)
+
+
+def match_captions(ids: list, images: list[str], captions: list[str], what: str = "an image") -> tuple[list, list[str]]:
+    """(owner ids, texts) of the captions whose ``images[i]`` names one of ``ids``: by the id itself, or by the file
+    name of exactly one id (Flickr8k's captions name files; a folder tree's ids look like ``dogs/1.jpg``). The others
+    are left out; when none is left, ValueError."""
     names = Counter(Path(str(i)).name for i in ids)
     lookup = {Path(str(i)).name: i for i in ids if names[Path(str(i)).name] == 1} | {str(i): i for i in ids}
     pairs = [(lookup[name], caption) for name, caption in zip(images, captions) if name in lookup]
     if not pairs:
-        raise ValueError(f"none of the {len(captions)} captions names an indexed image by id or file name (the first "
-                         f"names {images[0] if images else None!r}, the index holds e.g. {ids[:1]})")
+        raise ValueError(f"none of the {len(captions)} captions names {what} by id or file name (the first names "
+                         f"{images[0] if images else None!r}, there are e.g. {ids[:1]})")
     owners, texts = map(list, zip(*pairs))
-    index.set_captions(owners, texts, backbone.encode_texts(texts))
-    return len(texts)
+    return owners, texts
 
 
 def text_to_image_recall(index: Index, backbone, texts: list[str], owners: list, ks=(1, 5, 10)) -> dict[str, float]:
