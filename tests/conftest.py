@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny real open_clip model saved as a local folder, and the shared data location."""
 from __future__ import annotations
 
+import csv
 import os
 import socket
 from pathlib import Path
@@ -37,6 +38,22 @@ def npz_slice(folder: Path, *source: str, rows=slice(None)) -> Path:
         np.savez(folder / src.name, **{k: z[k][rows] for k in ("images", "labels", "ids") if k in z})
     (folder / "classes.json").write_text((src.parent / "classes.json").read_text())
     return folder / src.name
+
+
+def flickr_slice(folder: Path, n_images: int) -> Path:
+    """The first ``n_images`` Flickr8k-1k photos (symlinked) and their captions as a caption dataset folder."""
+    source = shared("flickr8k_1k")
+    with open(source / "captions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = sorted({r["image"] for r in rows})[:n_images]
+    (folder / "images").mkdir(parents=True)
+    for name in names:
+        (folder / "images" / name).symlink_to(source / "images" / name)
+    with open(folder / "captions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "caption_idx", "caption"])
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["image"] in set(names))
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import shared
+from conftest import flickr_slice
 
 from zeroshot.cli import main
 from zeroshot.evaluation.retrieval import retrieval_recall
@@ -72,22 +72,6 @@ def test_every_image_needs_a_caption():
         retrieval_recall(np.eye(3), np.eye(3)[:2], np.array([0, 1]))
 
 
-def flickr_slice(folder, n_images: int):
-    """The first ``n_images`` Flickr8k-1k photos (symlinked) and their captions as a caption dataset folder."""
-    source = shared("flickr8k_1k")
-    with open(source / "captions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    names = sorted({r["image"] for r in rows})[:n_images]
-    (folder / "images").mkdir(parents=True)
-    for name in names:
-        (folder / "images" / name).symlink_to(source / "images" / name)
-    with open(folder / "captions.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "caption_idx", "caption"])
-        writer.writeheader()
-        writer.writerows(r for r in rows if r["image"] in set(names))
-    return folder
-
-
 def test_eval_command_on_a_flickr8k_slice(tmp_path, capsys):
     data = flickr_slice(tmp_path / "flickr", 50)
     main(["eval", "--task", "zeroshot_retrieval", "--dataset", str(data), "--output", str(tmp_path / "out"),
@@ -117,3 +101,20 @@ def test_eval_refuses_class_options_for_retrieval(tmp_path, capsys):
               "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "--card name classes for zeroshot_classification" in capsys.readouterr().err
+
+
+def test_text_to_image_recall_equals_zeroshot_search_over_the_same_features(tmp_path):
+    """The evaluation's text->image recall@k equals what a search index of the same images answers to each caption
+    (``zeroshot search``'s path: exact index, captions encoded as queries)."""
+    from zeroshot import Index, extract, load_backbone
+    from zeroshot.evaluation.retrieval import evaluate_retrieval
+    from zeroshot.retrieval.search import match_captions, read_captions, text_to_image_recall
+
+    data = flickr_slice(tmp_path / "flickr", 40)
+    backbone = load_backbone("default", device="cpu")
+    metrics = evaluate_retrieval(backbone, data, extract_options={"progress": False})
+    fs = extract(backbone, data / "images", progress=False)
+    owners, texts = match_captions(fs.ids.tolist(), *read_captions(data / "captions.csv"))
+    found = text_to_image_recall(Index.build(fs, factory="Flat"), backbone, texts, owners)
+    assert found == {f"recall@{k}": metrics[f"image_retrieval_recall@{k}"] for k in (1, 5, 10)}
+    assert 0 < found["recall@1"] < found["recall@10"] < 1

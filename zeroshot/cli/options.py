@@ -55,11 +55,18 @@ def add_cache_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="cache folder (default: $ZEROSHOT_CACHE or ~/.cache/zeroshot)")
 
 
+MODEL_HELP = "model folder, local-dir:PATH, open_clip NAME[/PRETRAINED], or 'default': the shipped offline model"
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--decode``, ``--workers`` and the run options."""
     p.add_argument("--model", default=os.environ.get("ZEROSHOT_MODEL", "default"),
-                   help="model folder, local-dir:PATH, open_clip NAME[/PRETRAINED], or 'default': the shipped "
-                        "offline model ($ZEROSHOT_MODEL sets the default)")
+                   help=f"{MODEL_HELP} ($ZEROSHOT_MODEL sets the default)")
+    add_decode_args(p)
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    """``--decode``, ``--workers`` and the run options: how images are read and encoded, whichever model."""
     p.add_argument("--decode", default="exact", choices=["exact", "draft"],
                    help="exact: open_clip's preprocessing; draft: JPEG DCT-scaled decoding, faster, pixels differ "
                         "slightly (own cache)")

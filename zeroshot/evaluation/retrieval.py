@@ -8,6 +8,7 @@ images with at least one of their captions among the image's k best-scoring capt
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,8 @@ def caption_dataset(folder: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def evaluate_retrieval(backbone, folder: str | os.PathLike, *, ks: tuple[int, ...] = DEFAULT_KS,
-                       cache_dir: str | os.PathLike | None | bool = None, extract_options: dict | None = None) -> dict:
+                       cache_dir: str | os.PathLike | None | bool = None, extract_options: dict | None = None,
+                       exclude: Collection[str] = ()) -> dict:
     """Retrieval recall of ``backbone`` on a caption dataset: ``folder/images/`` and ``folder/captions.csv`` (header
     naming ``image`` and ``caption`` columns, e.g. Flickr8k's ``image,caption_idx,caption``).
 
@@ -80,8 +82,10 @@ def evaluate_retrieval(backbone, folder: str | os.PathLike, *, ks: tuple[int, ..
     :func:`zeroshot.prompts.encode_texts_cached`, both cached per backbone fingerprint (``cache_dir`` as there).
     Captions are matched to images as the search index matches them (by id, or by a file name that names one image:
     :func:`~zeroshot.retrieval.search.match_captions`); images without a caption and captions of images that failed to
-    decode are left out. Returns the metrics of :func:`retrieval_recall` with ``n_images``, ``n_texts`` and
-    ``failed`` (id -> reason). ``extract_options``: further keyword arguments for ``extract`` (batch size, ...).
+    decode are left out, and so are the images whose ids are in ``exclude`` with their captions (e.g. leaked into
+    training data: ``zeroshot dedup``). Returns the metrics of :func:`retrieval_recall` with ``n_images``,
+    ``n_texts``, ``n_excluded`` and ``failed`` (id -> reason). ``extract_options``: further keyword arguments for
+    ``extract`` (batch size, ...).
     """
     from ..extraction import extract
     from ..prompts import encode_texts_cached
@@ -89,9 +93,12 @@ def evaluate_retrieval(backbone, folder: str | os.PathLike, *, ks: tuple[int, ..
 
     image_folder, captions_csv = caption_dataset(folder)
     fs = extract(backbone, image_folder, cache_dir=cache_dir, **(extract_options or {}))
+    excluded = np.isin(fs.ids, sorted(exclude))
+    fs = fs.subset(np.flatnonzero(~excluded))
     owners, texts = match_captions(fs.ids.tolist(), *read_captions(captions_csv), f"a decodable image of {image_folder}")
     row_of = {image_id: row for row, image_id in enumerate(fs.ids.tolist())}
     used, text_image = np.unique([row_of[owner] for owner in owners], return_inverse=True)  # captioned images only
     metrics = retrieval_recall(np.asarray(fs.features)[used], encode_texts_cached(backbone, texts, cache_dir),
                                text_image, ks)
-    return {**metrics, "n_images": len(used), "n_texts": len(texts), "failed": fs.failed}
+    return {**metrics, "n_images": len(used), "n_texts": len(texts), "n_excluded": int(excluded.sum()),
+            "failed": fs.failed}
