@@ -125,7 +125,7 @@ def test_a_whole_grid_runs_reruns_from_the_cache_and_builds(data_root, tmp_path,
             "--seeds", "1", "--output", str(out)]
     run(grid)
     files = sorted(out.glob("*.json"))
-    results = {(r["dataset"], r["task"]): r for r in map(json.loads, map(open, files))}
+    results = {(r["dataset"], r["task"]): r for r in load_results(files)}
     assert sorted(results) == [("cifar10", "fewshot"), ("cifar10", "linear_probe"),
                                ("cifar10", "zeroshot_classification"), ("flickr8k", "zeroshot_classification"),
                                ("flickr8k", "zeroshot_retrieval")]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..evaluation.benchmark import REGISTRY, TASKS
 from .options import (MODEL_HELP, add_decode_args, backbone_from_args, check_exists, check_output, check_run_args,
-                      int_list)
+                      extract_options, int_list)
 
 RUN_OPTIONS = ("models", "datasets", "card", "exclude_leaked")
 
@@ -37,8 +37,7 @@ def cmd_benchmark(args) -> None:
     written = []
     paths = run_benchmark(models, datasets, tasks, args.output, load=lambda spec: backbone_from_args(args, spec),
                           skip_existing=args.skip_existing, leaked=leaked, cache_dir=args.cache_dir,
-                          extract_options={"batch_size": args.batch_size, "num_workers": args.workers,
-                                           "progress": not args.quiet},
+                          extract_options=extract_options(args),
                           shots=tuple(shots), seeds=tuple(seeds),
                           report=lambda result, path: (written.append(path), print_result(result, path)))
     kept = len(paths) - len(written)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .options import (add_class_args, add_engine_args, add_model_args, backbone_from_args, check_at_least, check_classes,
-                      check_output, check_run_args, class_embeddings_from_args, extract_from_args, open_data,
-                      report_failed)
+                      check_exists, check_output, check_run_args, class_embeddings_from_args, classes_and_templates,
+                      extract_from_args, extract_options, open_data, report_failed)
 
 
 def zero_shot_classifier(args, backbone, dataset_classes=None):
@@ -49,8 +49,11 @@ def cmd_classify(args) -> None:
     check_classes(args)
     check_output("--output", args.output)
     data = open_data(args.images)
+    targets = labelled_targets(args, data)
     backbone = backbone_from_args(args)
     fs = extract_from_args(args, backbone, data)
+    if args.multi_label:
+        return multilabel_classify(args, backbone, fs, targets)
     clf = zero_shot_classifier(args, backbone)
     proba = clf.predict_proba(fs.features)
     k = min(args.top_k, proba.shape[1])
@@ -58,13 +61,61 @@ def cmd_classify(args) -> None:
     header = ["id", "prediction"] + [f"{kind}{j + 1}" for j in range(k) for kind in ("class", "score")]
     rows = [[i, clf.class_names_[t[0]]] + [v for j in t for v in (clf.class_names_[j], f"{p[j]:.4f}")]
             for i, t, p in zip(fs.ids, top, proba)]
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    write_predictions(args.output, header, rows)
+    report_failed(fs)
+
+
+def write_predictions(output: str | None, header: list[str], rows: list[list]) -> None:
+    """One CSV row per image to ``output``, or to stdout without it."""
+    out = open(output, "w", newline="") if output else sys.stdout
     writer = csv.writer(out)
     writer.writerow(header)
     writer.writerows(rows)
-    if args.output:
+    if output:
         out.close()
-        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+        print(f"wrote {len(rows)} predictions to {output}", file=sys.stderr)
+
+
+def labelled_targets(args, data) -> tuple[list[str], np.ndarray] | None:
+    """``--targets`` as (image ids, (N, C) 0/1), read and checked against the classes and the images before the model
+    loads; None without it."""
+    if args.targets is None:
+        return None
+    if not args.multi_label:
+        raise ValueError("--targets labels images for --multi-label: add --multi-label or drop --targets")
+    from ..evaluation.multilabel import align_targets, read_targets
+
+    check_exists("--targets", args.targets)
+    ids, Y = read_targets(args.targets, classes_and_templates(args)[0])
+    align_targets(data.ids, ids, Y)  # a target naming none of the images fails now
+    return ids, Y
+
+
+def multilabel_classify(args, backbone, fs, targets: tuple[list[str], np.ndarray] | None) -> None:
+    """``classify --multi-label``: per image the classes predicted present and every class's probability (CSV). The
+    per-class sigmoids are fitted on these images unlabelled, or with ``--targets`` on the labelled ones (Platt
+    scaling, F1-best thresholds), whose mAP and per-class AP are then printed."""
+    from ..evaluation.multilabel import align_targets, multilabel_metrics
+    from ..heads.multilabel import MultiLabelZeroShot
+
+    names, W = class_embeddings_from_args(args, backbone)
+    clf = MultiLabelZeroShot(logit_scale=backbone.logit_scale)
+    X = np.asarray(fs.features)
+    if targets is None:
+        clf.fit(X, class_embeddings=W, class_names=names)
+    else:
+        labelled, Y = align_targets(fs.ids.tolist(), *targets, strict=False)  # images that failed to decode drop out
+        clf.fit(X[labelled], Y, class_embeddings=W, class_names=names)
+    proba, present = clf.predict_proba(X), clf.predict(X)
+    rows = [[i, ";".join(n for n, flag in zip(names, flags) if flag), *(f"{v:.4f}" for v in p)]
+            for i, flags, p in zip(fs.ids.tolist(), present, proba)]
+    write_predictions(args.output, ["id", "present", *names], rows)
+    if targets is not None:
+        metrics = multilabel_metrics(clf.decision_function(X[labelled]), Y, names)
+        print(f"mAP {metrics['mean_average_precision']:.1%} on {len(labelled)} labelled images (random scores: "
+              f"{metrics['chance_mean_average_precision']:.1%}); per class, AP (positive images):", file=sys.stderr)
+        for name, ap in sorted(metrics["per_class_average_precision"].items(), key=lambda item: -item[1]):
+            print(f"  {name}: {ap:.1%} ({metrics['positives_per_class'][name]})", file=sys.stderr)
     report_failed(fs)
 
 
@@ -76,6 +127,8 @@ def cmd_eval(args) -> None:
     check_run_args(args)
     out = Path(args.output or "eval")
     check_output("--output", out, folder=True)
+    if args.multi_label:
+        return multilabel_eval(args, out, start)
     if args.task == "zeroshot_retrieval":
         return retrieval_eval(args, out, start)
     data = open_data(args.dataset)
@@ -110,17 +163,51 @@ def retrieval_eval(args, out: Path, start: float) -> None:
                          "the captions in the dataset folder: drop them")
     caption_dataset(args.dataset)  # a folder without captions.csv fails before the model loads
     backbone = backbone_from_args(args)
-    metrics = evaluate_retrieval(backbone, args.dataset, cache_dir=args.cache_dir, extract_options={
-        "batch_size": args.batch_size, "num_workers": args.workers, "progress": not args.quiet})
+    metrics = evaluate_retrieval(backbone, args.dataset, cache_dir=args.cache_dir,
+                                 extract_options=extract_options(args))
     out.mkdir(parents=True, exist_ok=True)
     report = {"task": args.task, "model": backbone.name, "fingerprint": backbone.fingerprint,
               "dataset": str(args.dataset), **metrics, "seconds": round(time.perf_counter() - start, 3)}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "failed"}, indent=1))
     print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
-    if metrics["failed"]:
-        print(f"skipped {len(metrics['failed'])} file(s) that could not be decoded (listed in metrics.json)",
-              file=sys.stderr)
+    note_failed(metrics["failed"])
+
+
+def multilabel_eval(args, out: Path, start: float) -> None:
+    """``eval --multi-label``: CLIP_benchmark's mean average precision on a caption folder, each image's targets the
+    classes its captions mention (:func:`~zeroshot.evaluation.multilabel.caption_concept_targets`)."""
+    from ..evaluation.multilabel import evaluate_multilabel, plot_average_precision
+    from ..evaluation.retrieval import caption_dataset
+    from ..plotting import run_title
+
+    if args.task != "zeroshot_classification":
+        raise ValueError(f"--multi-label scores classes (zeroshot_classification), not {args.task}: drop --task or "
+                         "--multi-label")
+    names, templates = classes_and_templates(args)
+    caption_dataset(args.dataset)  # a folder without captions fails before the model loads
+    backbone = backbone_from_args(args)
+    metrics = evaluate_multilabel(backbone, args.dataset, names, templates, cache_dir=args.cache_dir,
+                                  extract_options=extract_options(args))
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"task": args.task, "multi_label": True, "model": backbone.name, "fingerprint": backbone.fingerprint,
+              "dataset": str(args.dataset), "card": args.card, "classes": names, **metrics,
+              "seconds": round(time.perf_counter() - start, 3)}
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    title = (f"{run_title(args.card, args.dataset, backbone.name, backbone.fingerprint)}: "
+             f"mAP {metrics['mean_average_precision']:.1%}")
+    plot_average_precision(metrics, metrics["n_images"], out / "average_precision.png", title=title)
+    print(json.dumps({k: report[k] for k in ("model", "fingerprint", "dataset", "n_images", "n_classes",
+                                             "mean_average_precision", "chance_mean_average_precision", "seconds")},
+                     indent=1))
+    print(f"wrote {out / 'metrics.json'} and average_precision.png", file=sys.stderr)
+    note_failed(metrics["failed"])
+
+
+def note_failed(failed: dict) -> None:
+    """How many files an evaluation skipped, on stderr (metrics.json lists them)."""
+    if failed:
+        print(f"skipped {len(failed)} file(s) that could not be decoded (listed in metrics.json)", file=sys.stderr)
 
 
 def add_commands(sub) -> None:
@@ -136,20 +223,35 @@ def add_commands(sub) -> None:
     p.add_argument("images", nargs="+", help="image files, a folder, .npz, .csv or tar shards")
     add_class_args(p, "comma-separated class names")
     p.add_argument("--top-k", type=int, default=5, help="classes (with scores) listed per image")
+    p.add_argument("--multi-label", action="store_true",
+                   help="score every class on its own (per-class sigmoid, no softmax): the CSV lists per image the "
+                        "classes present and each class's probability; without --targets each class is calibrated "
+                        "on these images, predicted present on about 10%% of them (--top-k is not used)")
+    p.add_argument("--targets", metavar="FILE",
+                   help="with --multi-label: labels for (some of) these images, a CSV with a header "
+                   "'id,<class>,<class>...' and 0/1 per class, or a caption folder / captions.csv (a class is present "
+                   "when a caption mentions it); fits the calibration and F1-best thresholds on them and prints "
+                   "their mAP and per-class AP")
     p.add_argument("--output", help="CSV path (default: stdout)")
     add_model_args(p)
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("eval", help="zero-shot accuracy on a labelled dataset (metrics.json + confusion PNG), or "
-                       "image-text retrieval recall on a caption dataset (--task zeroshot_retrieval)")
+    p = sub.add_parser("eval", help="zero-shot accuracy on a labelled dataset (metrics.json + confusion PNG), "
+                       "image-text retrieval recall on a caption dataset (--task zeroshot_retrieval), or multi-label "
+                       "mAP on a caption dataset (--multi-label)")
     p.add_argument("--task", choices=("zeroshot_classification", "zeroshot_retrieval"),
                    default="zeroshot_classification",
                    help="zeroshot_classification: accuracy against --card/--classes; zeroshot_retrieval: "
                         "CLIP_benchmark's image->text and text->image recall@1/5/10 (--dataset is a folder with "
                         "images/ and captions.csv)")
     p.add_argument("--dataset", required=True, help="labelled images: class folders, .npz, .csv or tar shards; for "
-                   "zeroshot_retrieval a folder holding images/ and captions.csv (columns image, caption)")
+                   "zeroshot_retrieval and --multi-label a folder holding images/ and captions.csv (columns image, "
+                   "caption)")
     add_class_args(p)
+    p.add_argument("--multi-label", action="store_true",
+                   help="multi-label zeroshot_classification: CLIP_benchmark's mean average precision (+ per-class AP "
+                        "and average_precision.png) on a caption folder (images/ + captions.csv), an image's "
+                        "targets being the classes its captions mention, e.g. --card flickr8k_concepts")
     p.add_argument("--output", help="output folder (default: ./eval)")
     p.add_argument("--normalize", choices=("rows", "none"), default="rows",
                    help="confusion_matrix.png cells: 'rows' = %% of the true class (classes of any size compare), "

@@ -146,14 +146,18 @@ def extract_from_args(args, backbone, data):
 
     ray = {"engine": args.engine, "address": args.address, "ray_workers": args.num_workers,
            "gpus_per_worker": getattr(args, "gpus_per_worker", 0)} if hasattr(args, "engine") else {}
-    fs = extract(backbone, data, cache_dir=args.cache_dir, batch_size=args.batch_size, num_workers=args.workers,
-                 progress=not args.quiet, **ray)
+    fs = extract(backbone, data, cache_dir=args.cache_dir, **extract_options(args), **ray)
     if len(fs) == 0 and fs.failed:
         first = ", ".join(f"{i} ({reason})" for i, reason in list(fs.failed.items())[:3])
         raise OSError(f"none of the {len(fs.failed)} file(s) of {data.location} could be decoded: {first}"
                       f"{', ...' if len(fs.failed) > 3 else ''}; check that they are image files (JPEG, PNG, WebP "
                       "...) and readable, or give other data")
     return fs
+
+
+def extract_options(args) -> dict:
+    """The keyword arguments of :func:`zeroshot.extract` that the run options set, for library evaluations."""
+    return {"batch_size": args.batch_size, "num_workers": args.workers, "progress": not args.quiet}
 
 
 def classes_and_templates(args, dataset_classes=None) -> tuple[list[str], list[str]]:

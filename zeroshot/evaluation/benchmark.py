@@ -192,7 +192,8 @@ def zeroshot_classification(ctx: Context, ds: BenchmarkDataset) -> dict:
         found = evaluate_multilabel(ctx.backbone, ds.data, card.classes, card.templates, cache_dir=ctx.cache_dir,
                                     extract_options=ctx.extract_options, exclude=leaked)
         return {"metrics": {"mean_average_precision": found["mean_average_precision"]}, "n": found["n_images"],
-                "excluded_leaked": found.get("n_excluded", 0), "failed": len(found["failed"])}
+                "chance_mean_average_precision": found["chance_mean_average_precision"],
+                "excluded_leaked": found["n_excluded"], "failed": len(found["failed"])}
     fs, n_leaked = ctx.labelled(ds.data)
     W = ctx.class_embeddings(ds.card, fs.classes)
     found = classification_metrics(ctx.backbone.logit_scale * np.asarray(fs.features) @ W.T, fs.labels)

@@ -19,7 +19,7 @@ MAIN_METRICS = {"zeroshot_classification": ("acc1", "mean_average_precision"),
                 "zeroshot_retrieval": ("image_retrieval_recall@5",),
                 "linear_probe": ("lp_acc1",), "fewshot": ("fewshot_acc1",)}
 SHORT_NAMES = {"acc1": "top-1", "mean_average_precision": "mAP", "image_retrieval_recall@5": "text->image R@5",
-               "lp_acc1": "top-1", "fewshot_acc1": "top-1, best head"}
+               "lp_acc1": "linear probe top-1", "fewshot_acc1": "few-shot top-1"}
 
 
 def result_files(paths: list[str | os.PathLike]) -> list[Path]:
@@ -115,30 +115,32 @@ def markdown(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: str | os.PathLike) -> None:
-    """One panel per task: a models x datasets table of the main metric, cells shaded by value (0 to 1)."""
+    """One table of the main metrics: models as rows, a column per (task, dataset), cells shaded by value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tasks = tasks_of(results)
-    shapes = [grid(results, t)[:2] for t in tasks]
-    width = max(4.0, 1.9 + 1.5 * max(len(d) for _, d in shapes) + 0.07 * max(len(m) for ms, _ in shapes for m in ms))
-    heights = [1.2 + 0.45 * len(m) for m, _ in shapes]
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(width, sum(heights) + 0.4), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for ax, task in zip(axes[:, 0], tasks):
-        models, datasets, cells, names = grid(results, task)
-        values = np.array([[cells.get((m, d), np.nan) for d in datasets] for m in models], dtype=float)
-        ax.imshow(np.nan_to_num(values, nan=0.0), cmap="Greens", vmin=0, vmax=1.4, aspect="auto")
-        for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, "-" if np.isnan(v) else f"{100 * v:.1f}", ha="center", va="center", fontsize=10)
-        ax.set_xticks(range(len(datasets)), [f"{d}\n{SHORT_NAMES.get(names[d], names[d])}" for d in datasets],
-                      fontsize=8)
-        ax.set_yticks(range(len(models)), models, fontsize=8)
-        ax.tick_params(length=0)
-        ax.set_title(f"{task} (%)", fontsize=10, loc="left")
+    columns, models, cells = [], {}, {}
+    for task in tasks_of(results):
+        task_models, datasets, task_cells, names = grid(results, task)
+        models.update(dict.fromkeys(task_models))
+        columns += [(task, d, f"{d}\n{SHORT_NAMES.get(names[d], names[d])}") for d in datasets]
+        cells.update({(m, task, d): v for (m, d), v in task_cells.items()})
+    models = list(models)
+    values = np.array([[cells.get((m, t, d), np.nan) for t, d, _ in columns] for m in models], dtype=float)
+    width = 1.0 + 0.075 * max(map(len, models)) + 1.25 * len(columns)
+    fig, ax = plt.subplots(figsize=(width, 1.3 + 0.5 * len(models)))
+    ax.imshow(np.nan_to_num(values, nan=0.0), cmap="Greens", vmin=0, vmax=1.4, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "-" if np.isnan(v) else f"{100 * v:.1f}", ha="center", va="center", fontsize=10)
+    ax.set_xticks(range(len(columns)), [label for *_, label in columns], fontsize=8)
+    ax.set_yticks(range(len(models)), models, fontsize=8)
+    ax.tick_params(length=0)
+    for j in range(1, len(columns)):  # a thicker rule where the task changes
+        ax.axvline(j - 0.5, color="black" if columns[j][0] != columns[j - 1][0] else "white", lw=1.5)
+    ax.set_title("main metric per task, % (" + "; ".join(tasks_of(results)) + ")", fontsize=9, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
