@@ -344,6 +344,8 @@ def open_dataset(spec: str | os.PathLike | list) -> Dataset:
     if isinstance(spec, (list, tuple)):
         if len(spec) == 1:
             return open_dataset(spec[0])
+        if all(_is_tar_name(Path(str(s)).name) for s in spec):  # a shell-expanded train-*.tar.gz
+            return TarShards(list(spec))
         return ImageFiles(spec)
     text = str(spec)
     path = Path(text)

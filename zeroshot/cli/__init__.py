@@ -16,10 +16,10 @@ import sys
 import traceback
 import warnings
 
-from . import benchmark, cache, classify, concepts, distill, fewshot, ood, retrieval
+from . import benchmark, cache, classify, concepts, dedup, distill, fewshot, ood, retrieval
 from .options import Parser
 
-VERB_GROUPS = (classify, benchmark, fewshot, ood, retrieval, distill, concepts, cache)  # each adds its sub-commands
+VERB_GROUPS = (classify, benchmark, fewshot, ood, retrieval, dedup, distill, concepts, cache)  # each adds its sub-commands
 
 
 USAGE, FAILED, INTERRUPTED = 2, 1, 130
