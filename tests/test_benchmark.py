@@ -11,8 +11,7 @@ import pytest
 from conftest import flickr_slice, npz_slice, shared
 
 from zeroshot.cli import main
-from zeroshot.evaluation.benchmark import (BenchmarkDataset, model_and_tag, plan, read_leaked, read_list,
-                                          resolve_datasets, result_path)
+from zeroshot.evaluation.benchmark import BenchmarkDataset, model_and_tag, plan, read_list, resolve_datasets, result_path
 from zeroshot.evaluation.benchmark_report import load_results, main_metric, markdown
 
 CB_KEYS = {"dataset", "model", "pretrained", "task", "metrics", "language"}  # clip_benchmark eval's dump
@@ -92,15 +91,6 @@ def test_plan_runs_each_task_where_it_applies(tmp_path):
         plan([labelled], ["zero_shot"])
     with pytest.raises(ValueError, match="a card \\(--card for a path\\)"):
         plan([BenchmarkDataset("x", tmp_path / "x.npz")], ["linear_probe"])
-
-
-def test_read_leaked_takes_dedup_pairs(tmp_path):
-    pairs = tmp_path / "pairs.csv"
-    pairs.write_text("set,id,match_set,match_id,cosine\n/t/train,a,/t/val,x/1.jpg,0.99\n/t/train,b,/t/val,y/2.jpg,1\n")
-    assert read_leaked(pairs) == {"/t/train": {"a", "b"}, "/t/val": {"x/1.jpg", "y/2.jpg"}}
-    pairs.write_text("id,cosine\na,1\n")
-    with pytest.raises(ValueError, match="pairs.csv that zeroshot dedup wrote"):
-        read_leaked(pairs)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ RUN_OPTIONS = ("models", "datasets", "card", "exclude_leaked")
 def cmd_benchmark(args) -> None:
     if args.build:
         return cmd_build(args)
-    from ..evaluation.benchmark import check_tasks, plan, print_result, read_leaked, read_list, resolve_datasets, run_benchmark
+    from ..evaluation.benchmark import check_tasks, plan, print_result, read_list, resolve_datasets, run_benchmark
     from ..prompts import load_card
+    from ..retrieval.dedup import flagged_images
 
     if not (args.models and args.datasets):
         raise ValueError("give --models and --datasets to run a benchmark, or 'benchmark build RESULTS... --output "
@@ -30,7 +31,7 @@ def cmd_benchmark(args) -> None:
     models, tasks = read_list(args.models), check_tasks(read_list(args.tasks))
     datasets = resolve_datasets(read_list(args.datasets), data_root=args.data_root, card=args.card)
     runs = len(plan(datasets, tasks)) * len(models)
-    leaked = read_leaked(args.exclude_leaked) if args.exclude_leaked else None
+    leaked = flagged_images(args.exclude_leaked) if args.exclude_leaked else set()
     print(f"benchmark: {len(models)} model(s) x {len(datasets)} dataset(s) x {len(tasks)} task(s) = {runs} run(s), "
           f"results in {args.output}", file=sys.stderr)
     start = time.perf_counter()

@@ -7,7 +7,6 @@ prompt goes through the feature and text caches, so rerunning a grid costs readi
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 import sys
@@ -120,21 +119,6 @@ def result_path(folder: str | os.PathLike, dataset: str, model: str, pretrained:
     return Path(folder) / f"{slug(dataset)}_{slug(pretrained)}_{slug(model)}_{LANGUAGE}_{task}.json"
 
 
-def read_leaked(path: str | os.PathLike) -> dict[str, set[str]]:
-    """Data location -> ids named on either side of a ``zeroshot dedup`` ``pairs.csv`` (columns ``set, id,
-    match_set, match_id``): the images to leave out of an evaluation (``--exclude-leaked``)."""
-    leaked: dict[str, set[str]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"set", "id", "match_set", "match_id"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path} has no column {sorted(missing)}; give the pairs.csv that zeroshot dedup wrote")
-        for row in reader:
-            leaked.setdefault(row["set"], set()).add(row["id"])
-            leaked.setdefault(row["match_set"], set()).add(row["match_id"])
-    return leaked
-
-
 @dataclass
 class Context:
     """What every task of one (model, dataset) shares: the backbone, run options and the features extracted so far
@@ -143,7 +127,7 @@ class Context:
     backbone: object
     cache_dir: str | os.PathLike | None
     extract_options: dict
-    leaked: dict[str, set[str]]
+    leaked: set[tuple[str, str]]
     shots: tuple[int, ...]
     seeds: tuple[int, ...]
     features: dict
@@ -156,10 +140,15 @@ class Context:
         if spec not in self.features:
             dataset = open_dataset(spec)
             fs = extract(self.backbone, dataset, cache_dir=self.cache_dir, **self.extract_options)
-            self.features[spec] = fs, np.isin(fs.ids, sorted(self.leaked.get(dataset.location, ())))
+            self.features[spec] = fs, np.isin(fs.ids, sorted(self.leaked_ids(spec, dataset.location)))
         fs, leaked = self.features[spec]
-        leaked = leaked & drop_leaked
+        leaked = leaked if drop_leaked else np.zeros(len(fs), bool)
         return fs.subset(np.flatnonzero((fs.labels >= 0) & ~leaked)), int(leaked.sum())
+
+    def leaked_ids(self, spec: Path, location: str | None = None) -> set[str]:
+        """Ids of ``spec``'s images named in the ``--exclude-leaked`` pairs (matched by the data's location)."""
+        location = location or _location(spec)
+        return {i for where, i in self.leaked if where == location}
 
     def class_embeddings(self, card: str, dataset_classes: list[str] | None):
         from ..prompts import class_embeddings, load_card
@@ -188,9 +177,8 @@ def zeroshot_classification(ctx: Context, ds: BenchmarkDataset) -> dict:
         from .multilabel import evaluate_multilabel
 
         card = load_card(ds.card)
-        leaked = ctx.leaked.get(_location(ds.data / "images"), set())
         found = evaluate_multilabel(ctx.backbone, ds.data, card.classes, card.templates, cache_dir=ctx.cache_dir,
-                                    extract_options=ctx.extract_options, exclude=leaked)
+                                    extract_options=ctx.extract_options, exclude=ctx.leaked_ids(ds.data / "images"))
         return {"metrics": {"mean_average_precision": found["mean_average_precision"]}, "n": found["n_images"],
                 "chance_mean_average_precision": found["chance_mean_average_precision"],
                 "excluded_leaked": found["n_excluded"], "failed": len(found["failed"])}
@@ -205,9 +193,8 @@ def zeroshot_retrieval(ctx: Context, ds: BenchmarkDataset) -> dict:
     """CB's ``image_retrieval_recall@k`` / ``text_retrieval_recall@k`` for k = 1, 5, 10."""
     from .retrieval import evaluate_retrieval
 
-    leaked = ctx.leaked.get(_location(ds.data / "images"), set())
     found = evaluate_retrieval(ctx.backbone, ds.data, cache_dir=ctx.cache_dir, extract_options=ctx.extract_options,
-                               exclude=leaked)
+                               exclude=ctx.leaked_ids(ds.data / "images"))
     metrics = {k: v for k, v in found.items() if "recall@" in k}
     return {"metrics": metrics, "n": found["n_images"], "n_texts": found["n_texts"],
             "excluded_leaked": found["n_excluded"], "failed": len(found["failed"])}
@@ -286,13 +273,14 @@ def plan(datasets: list[BenchmarkDataset], tasks: Iterable[str]) -> list[tuple[B
 
 def run_benchmark(models: list[str], datasets: list[BenchmarkDataset], tasks: Iterable[str],
                   output: str | os.PathLike, *, load: Callable[[str], object], skip_existing: bool = False,
-                  leaked: dict[str, set[str]] | None = None, cache_dir: str | os.PathLike | None = None,
+                  leaked: set[tuple[str, str]] = frozenset(), cache_dir: str | os.PathLike | None = None,
                   extract_options: dict | None = None, shots: tuple[int, ...] = (1, 4, 16),
                   seeds: tuple[int, ...] = (1, 2, 3), report: Callable[[dict, Path], None] | None = None) -> list[Path]:
     """Evaluate every model on every (dataset, task) of :func:`plan`, writing one result JSON each in ``output``
     (:func:`result_path`); returns the paths written or kept. ``load(spec)`` gives a backbone; ``skip_existing``
-    keeps results already written for the same model fingerprint; ``leaked`` (see :func:`read_leaked`) drops those
-    images from evaluation sets; ``report(result, path)`` is called after each run."""
+    keeps results already written for the same model fingerprint; ``leaked`` ((data location, id) pairs, e.g.
+    :func:`zeroshot.retrieval.dedup.flagged_images` of a ``zeroshot dedup`` pairs.csv) drops those images from
+    evaluation sets; ``report(result, path)`` is called after each run."""
     from ..cache import atomic_write_json
 
     pairs = plan(datasets, tasks)
@@ -303,7 +291,7 @@ def run_benchmark(models: list[str], datasets: list[BenchmarkDataset], tasks: It
         backbone = load(spec)
         model, tag = model_and_tag(spec)
         pretrained = tag or backbone.fingerprint
-        ctx = Context(backbone, cache_dir, dict(extract_options or {}), leaked or {}, tuple(shots), tuple(seeds), {})
+        ctx = Context(backbone, cache_dir, dict(extract_options or {}), set(leaked), tuple(shots), tuple(seeds), {})
         for ds, task in pairs:
             path = result_path(output, ds.name, model, pretrained, task)
             paths.append(path)
