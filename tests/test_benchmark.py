@@ -70,6 +70,8 @@ def test_resolve_datasets_names_paths_and_mistakes(tmp_path):
         resolve_datasets(["mnist"], data_root=tmp_path)
     [path] = resolve_datasets([str(tmp_path / "cifar10")], data_root=tmp_path, card="cifar10")
     assert path.card == "cifar10" and path.support is None
+    with pytest.raises(ValueError, match="drop --card"):
+        resolve_datasets(["cifar10"], data_root=tmp_path, card="mnist")
 
 
 def test_plan_runs_each_task_where_it_applies(tmp_path):

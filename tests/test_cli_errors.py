@@ -142,6 +142,16 @@ def test_the_boundary_maps_run_time_failures(monkeypatch, capsys, failure, code,
     assert_one_error_line(capsys.readouterr().err, fragment)
 
 
+def test_a_closed_pipe_ends_quietly():
+    """``zeroshot ... | head``: when the reader stops early the command exits 1 without an error line or traceback
+    (a real process: the boundary redirects the real stdout)."""
+    code = ("import zeroshot.cli as cli, zeroshot.cli.cache as verbs\n"
+            "def closed(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "verbs.cmd_ls = closed\ncli.main(['cache', 'ls'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr == ""
+
+
 @pytest.mark.parametrize("factory, rows, message", [
     ("IVF1024,Flat", 1000, "trains 1024 lists on 1000 rows"),
     ("IDMap,Flat", 1000, "drop the IDMap prefix"),

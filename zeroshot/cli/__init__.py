@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(["--debug"] * argv.count("--debug") + [a for a in argv if a != "--debug"])
     try:
         args.func(args)
+    except BrokenPipeError:  # stdout piped into e.g. `head`, which has read enough: stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise again
+        sys.exit(FAILED)
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to resume (finished feature shards stay in the cache)",
               file=sys.stderr)

@@ -93,6 +93,9 @@ def resolve_datasets(names: Iterable[str], *, data_root: str | os.PathLike | Non
             raise ValueError(f"unknown dataset {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; give "
                              f"one of {', '.join(REGISTRY)} or an existing path (with --card for its classes)")
         out.append(ds)
+    if card and all(ds.name in REGISTRY for ds in out):
+        raise ValueError(f"--card {card} names the classes of datasets given as paths, and every dataset here is a "
+                         "registry name with its own card: drop --card")
     return out
 
 

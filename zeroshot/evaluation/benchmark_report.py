@@ -82,17 +82,14 @@ def main_metric(result: dict) -> tuple[str, float]:
 
 
 def grid(results: list[dict], task: str) -> tuple[list[str], list[str], dict, dict]:
-    """(models, datasets, {(model, dataset): value}, {dataset: metric name}) of one task's main metric, in the order
-    results first name them; a later result of the same cell replaces an earlier one."""
-    models, datasets, cells, names = {}, {}, {}, {}
+    """(models, datasets, {(model, dataset): value}, {dataset: metric name}) of one task's main metric, models and
+    datasets in alphabetical order; a later result of the same cell replaces an earlier one."""
+    cells, names = {}, {}
     for r in results:
-        if r["task"] != task:
-            continue
-        model = f"{r['model']} {r['pretrained']}".strip()
-        models.setdefault(model, None)
-        datasets.setdefault(r["dataset"], None)
-        names[r["dataset"]], cells[model, r["dataset"]] = main_metric(r)
-    return list(models), list(datasets), cells, names
+        if r["task"] == task:
+            model = f"{r['model']} {r['pretrained']}".strip()
+            names[r["dataset"]], cells[model, r["dataset"]] = main_metric(r)
+    return sorted({m for m, _ in cells}), sorted(names), cells, names
 
 
 def tasks_of(results: list[dict]) -> list[str]:
