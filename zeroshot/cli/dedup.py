@@ -3,17 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import (
-    add_model_args,
-    add_output_arg,
-    backbone_from_args,
-    check_at_least,
-    check_output,
-    check_run_args,
-    extract_from_args,
-    open_data,
-    report_failed,
-)
+from .options import (add_model_args, add_output_arg, backbone_from_args, check_at_least, check_output, check_run_args,
+                      extract_from_args, open_data, report_failed)
 
 
 def add_commands(sub) -> None:
@@ -34,14 +25,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_dedup(args) -> None:
-    from ..retrieval.dedup import (
-        check_threshold,
-        components,
-        find_pairs,
-        match_groups,
-        write_groups,
-        write_pairs,
-    )
+    from ..retrieval.dedup import check_threshold, components, find_pairs, match_groups, write_groups, write_pairs
 
     check_run_args(args)
     check_threshold(args.threshold)

@@ -124,8 +124,8 @@ def result_path(folder: str | os.PathLike, dataset: str, model: str, pretrained:
 
 @dataclass
 class Context:
-    """What every task of one (model, dataset) shares: the backbone, run options and the features extracted so far
-    (an image set is read from the cache once, whichever tasks need it)."""
+    """What every run of one model shares: its backbone, the run options and the features extracted so far (an
+    image set is read from the cache once, however many tasks use it)."""
 
     backbone: object
     cache_dir: str | os.PathLike | None
@@ -309,7 +309,6 @@ def run_benchmark(models: list[str], datasets: list[BenchmarkDataset], tasks: It
             atomic_write_json(path, result)
             if report:
                 report(result, path)
-        ctx.features.clear()
     return paths
 
 
