@@ -202,3 +202,13 @@ def test_targets_per_view_pair_each_image_with_its_views():
     torch.testing.assert_close(targets.embeddings[4], torch.as_tensor(features[1, 1]))
     with pytest.raises(ValueError, match="views x"):
         Targets.per_view(features, ViewPlan(3, 5))
+
+
+def test_schedule_steps_end_the_cosine_and_the_run_inside_an_epoch(tmp_path):
+    images, targets, _ = tiny_problem(16)
+    config = AlignConfig(epochs=3, batch_size=16, warmup_steps=1, schedule_steps=5)
+    summary = Aligner(tiny_tower(), ImageTransform(size=32), config, tmp_path / "run").fit(images, targets,
+                                                                                          progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 5 and not summary["stopped_early"] and 5 < 3 * (len(images) // 16)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5] and log[-1]["lr"] == 0.0 and log[-2]["lr"] > 0

@@ -71,3 +71,12 @@ def test_image_and_integrated_counts_on_a_toy_corpus():
     assert integrated_counts(mentions, caption_image, shows) == {"cat": 2, "truck": 1, "dog": 0}
     weighted = integrated_counts(mentions, caption_image, shows, weights=[1, 1, 1, 0.5, 0.5])
     assert weighted == {"cat": 1.5, "truck": 1.0, "dog": 0.0}
+
+
+def test_hypernyms_walk_up_nearest_first():
+    from zeroshot.concepts.wordnet import hypernyms
+
+    assert hypernyms("n02099712") == ["retriever", "sporting dog"]  # Labrador retriever
+    assert hypernyms("n02099712", levels=1) == ["retriever"]
+    assert hypernyms("n02504458", levels=1) == ["elephant"]  # African elephant
+    assert hypernyms("n00001740") == []  # entity, the root

@@ -28,6 +28,8 @@ class _Nouns:
     words: list[list[str]]
     child_ptr: np.ndarray
     children: np.ndarray
+    parent_ptr: np.ndarray
+    parents: np.ndarray
     senses: dict[str, list[int]]
 
 
@@ -41,12 +43,14 @@ def _nouns() -> _Nouns:
     parent = np.asarray(data["hypernym_parent"])
     order = np.argsort(parent, kind="stable")
     child_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=len(offsets)))])
+    by_child = np.argsort(child, kind="stable")
+    parent_ptr = np.concatenate([[0], np.cumsum(np.bincount(child, minlength=len(offsets)))])
     senses: dict[str, list[int]] = {}
     for position, words in enumerate(data["synsets"]):
         for word in words:
             senses.setdefault(word.lower(), []).append(position)
     senses.update(data["senses"])  # lemmas with several senses: index.noun's order
-    return _Nouns(offsets, data["synsets"], child_ptr, child[order], senses)
+    return _Nouns(offsets, data["synsets"], child_ptr, child[order], parent_ptr, parent[by_child], senses)
 
 
 def _key(name: str) -> str:
@@ -96,6 +100,17 @@ def synonyms(name: str, *, first_sense_only: bool = True) -> list[str]:
     found = senses(name)[:1] if first_sense_only else senses(name)
     words = (w.replace("_", " ") for offset in found for w in _nouns().words[_position(offset)])
     return list(dict.fromkeys(words))
+
+
+def hypernyms(wnid_: str, levels: int = 2) -> list[str]:
+    """Names of a synset's hypernyms up to ``levels`` steps up, nearest first, each by its first lemma
+    ("n02099601" golden retriever -> ["retriever", "sporting dog"]); several parents at one level all count."""
+    nouns = _nouns()
+    found, level = [], [_position(offset_of(wnid_))]
+    for _ in range(levels):
+        level = [int(p) for i in level for p in nouns.parents[nouns.parent_ptr[i] : nouns.parent_ptr[i + 1]]]
+        found += [nouns.words[p][0].replace("_", " ") for p in level]
+    return list(dict.fromkeys(found))
 
 
 def concept_synset(name: str, wnid_: str | None = None) -> int | None:

@@ -49,6 +49,7 @@ class AlignConfig:
     seed: int = 0
     max_minutes: float | None = None
     max_steps: int | None = None  # stop after this many steps (a time budget made reproducible)
+    schedule_steps: int | None = None  # the run's length: the cosine ends and training stops here (default: epochs)
     affinity_weight: float = 0.0  # cosine/l1 + this x affinity to the anchors (TinyCLIP's L_I2T), when anchors are given
     checkpoint_every: int = 100
     augment: bool = True
@@ -216,7 +217,7 @@ class Aligner:
         steps_per_epoch = len(images) // cfg.batch_size
         if steps_per_epoch == 0:
             raise ValueError(f"{len(images)} images are fewer than one batch of {cfg.batch_size}")
-        total = steps_per_epoch * cfg.epochs
+        total = min(steps_per_epoch * cfg.epochs, cfg.schedule_steps or steps_per_epoch * cfg.epochs)
         optimizer = self._optimizer()
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (
             1 + math.cos(math.pi * min(s, total) / total)))
@@ -264,12 +265,13 @@ class Aligner:
                            "seconds": round(state["seconds"], 1)})
                 out_of_budget = ((cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes)
                                  or (cfg.max_steps is not None and state["step"] >= cfg.max_steps))
-                if state["step"] % cfg.checkpoint_every == 0 or out_of_budget:
+                finished = state["step"] >= total  # the schedule ended inside an epoch (schedule_steps)
+                if state["step"] % cfg.checkpoint_every == 0 or out_of_budget or finished:
                     self._checkpoint(optimizer, schedule, state)
-                if out_of_budget:
-                    stop = True
+                if out_of_budget or finished:
+                    stop = out_of_budget and not finished
                     break
-            if validate is not None and (k == steps_per_epoch - 1 or stop):
+            if validate is not None and (k == steps_per_epoch - 1 or stop or finished):
                 state = self._validate(validate, state, epoch)
                 self._checkpoint(optimizer, schedule, state)
         bar.close()

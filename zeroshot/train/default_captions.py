@@ -94,15 +94,23 @@ def _span_items(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.n
     return owner, np.arange(lengths.sum()) - first[owner] + starts[owner]
 
 
-def default_model_captions(data: str | Path) -> DefaultCorpus:
+def hypernym_captions(name: str, wnid: str) -> list[str]:
+    """Captions placing a class under its WordNet hypernyms (two levels up): "a photo of a retriever." and "a photo
+    of a Labrador retriever, a kind of retriever.", so that broader words (dog, bird, truck) reach the images."""
+    from ..concepts.wordnet import hypernyms
+
+    return [c for h in hypernyms(wnid) for c in (f"a photo of a {h}.", f"a photo of a {name}, a kind of {h}.")]
+
+
+def default_model_captions(data: str | Path, *, with_hypernyms: bool = False) -> DefaultCorpus:
     """The default model's training corpus from the shared data folder (reads the shards' ``.cls`` labels, ~10 s,
-    never an image)."""
+    never an image). ``with_hypernyms`` adds :func:`hypernym_captions` to every Tiny ImageNet class."""
     data = Path(data)
     tiny = TarShards(data / "tinyimagenet" / "train-{000000..000009}.tar.gz")
     detail = json.loads((data / "tinyimagenet" / "classes_detail.json").read_text())
     flickr_paths, flickr_captions, _, _ = flickr_split(data)
     class_prompts = [[t.format(s.strip()) for s in d["synonyms"].split(",") if s.strip() for t in TEMPLATES]
-                     for d in detail]
+                     + (hypernym_captions(d["name"], d["wnid"]) if with_hypernyms else []) for d in detail]
     groups = class_prompts + flickr_captions
     texts = [text for group in groups for text in group]
     bounds = np.cumsum([0] + [len(g) for g in groups])

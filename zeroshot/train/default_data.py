@@ -1,0 +1,76 @@
+"""The default model's training set: decoded images (Tiny ImageNet train, Flickr8k's first 800 photos, optionally
+rendered digits) and the caption embeddings each is pulled towards, built one way for training and for ablations."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..datasets import Dataset, ImageFiles
+from ..extraction import decode_all
+from ..images import ImageTransform
+from .align import Targets
+from .default_captions import default_model_captions
+from .digit_images import digit_captions, digit_images
+
+DIGIT_GROUP = 1000  # contrastive group of a digit image: 1000 + digit (Tiny ImageNet classes are 0-199, Flickr -1)
+
+
+class FirstRows(Dataset):
+    """The first ``n`` samples of a dataset (short runs decode only what they train on)."""
+
+    def __init__(self, dataset: Dataset, n: int):
+        self.base = dataset
+        super().__init__(dataset.ids[:n], dataset.labels[:n], dataset.classes, dataset.location)
+
+    def raw(self, index: int):
+        return self.base.raw(index)
+
+
+@dataclass
+class TrainingSet:
+    images: torch.Tensor  # uint8 (N, 3, S, S)
+    targets: Targets
+    texts: list[str]
+    sources: dict[str, int]  # images per source
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{n} {name}" for name, n in self.sources.items())
+        return f"{len(self.images)} training images ({parts}), {len(self.texts)} captions"
+
+
+def training_set(data: str | Path, transform: ImageTransform, encode_texts: Callable[[list[str]], np.ndarray], *,
+                 hypernyms: bool = False, digits_per_class: int = 0, limit: int | None = None, seed: int = 0,
+                 decoded: dict | None = None) -> TrainingSet:
+    """Images and caption targets: every Tiny ImageNet image draws one of its class's prompts (plus WordNet hypernym
+    captions with ``hypernyms``), every Flickr photo one of its captions, every digit image (``digits_per_class``
+    per digit, seeded) one of the digit captions; images of one class are each other's positives. ``limit``: only
+    the first Tiny ImageNet images (smoke runs). ``decoded`` keeps decoded photos between calls (ablations)."""
+    decoded = {} if decoded is None else decoded
+    corpus = default_model_captions(Path(data), with_hypernyms=hypernyms)
+    if "photos" not in decoded:
+        tiny = corpus.tiny_imagenet if limit is None else FirstRows(corpus.tiny_imagenet, limit)
+        tin, tin_rows, _ = decode_all(tiny, transform)
+        flickr, flickr_rows, _ = decode_all(ImageFiles(corpus.flickr_paths), transform)
+        decoded["photos"] = (tin, tin_rows, flickr, flickr_rows)
+    tin, tin_rows, flickr, flickr_rows = decoded["photos"]
+    kept = np.concatenate([tin_rows, len(corpus.tiny_imagenet) + np.asarray(flickr_rows)])
+    texts = list(corpus.texts)
+    offsets, indices = corpus.layout(kept)
+    groups, images = corpus.labels[kept], [tin, flickr]
+    sources = {"Tiny ImageNet": len(tin), "Flickr8k": len(flickr)}
+    if digits_per_class:
+        pixels, labels = digit_images(digits_per_class, size=transform.size, seed=seed)
+        spans = [digit_captions(d) for d in range(10)]
+        first = len(texts) + np.cumsum([0] + [len(s) for s in spans])[:-1]
+        texts += [c for s in spans for c in s]
+        indices = np.concatenate([indices, *[np.arange(first[d], first[d] + len(spans[d])) for d in labels]])
+        offsets = np.concatenate([offsets, offsets[-1] + np.cumsum([len(spans[d]) for d in labels])])
+        groups = np.concatenate([groups, DIGIT_GROUP + labels])
+        images.append(torch.as_tensor(pixels).permute(0, 3, 1, 2).contiguous())
+        sources["rendered digits"] = len(pixels)
+    embeddings = torch.as_tensor(np.asarray(encode_texts(texts), np.float32))
+    return TrainingSet(torch.cat(images), Targets(embeddings, offsets, indices, groups), texts, sources)
