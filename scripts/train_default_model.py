@@ -92,7 +92,7 @@ def main() -> None:
     model.logit_scale.data.fill_(float(aligner.log_scale.detach()))
     folder = save_backbone_folder(model.half(), out / "model", cfg, {"size": args.size},
                                   exclude_prefixes=("text.transformer.",),
-                                  logit_scale=float(aligner.log_scale.exp().clamp(max=100)))
+                                  logit_scale=float(aligner.log_scale.detach().exp().clamp(max=100)))
     summary["kept"] = args.keep
     summary["recipe"] = {"steps": args.steps, "hypernyms": args.hypernyms, "digits": args.digits, **train.sources}
     summary["minutes_total"] = round((time.perf_counter() - start) / 60, 1)

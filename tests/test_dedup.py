@@ -13,19 +13,10 @@ import pytest
 from PIL import Image
 
 from conftest import npz_slice, shared, unit_rows
-from zeroshot import cli
-from zeroshot.cli import dedup as dedup_cli
+from zeroshot.cli import main
 from zeroshot.datasets import open_dataset
 from zeroshot.retrieval import dedup, index
 from zeroshot.retrieval.dedup import Pairs, components, find_pairs, match_groups
-
-
-@pytest.fixture
-def main(monkeypatch):
-    """``zeroshot.cli.main`` with ``dedup`` registered, whether or not VERB_GROUPS lists it yet."""
-    if dedup_cli not in cli.VERB_GROUPS:
-        monkeypatch.setattr(cli, "VERB_GROUPS", (*cli.VERB_GROUPS, dedup_cli))
-    return cli.main
 
 
 def brute_force(X, Y=None, threshold=0.97) -> set[tuple[int, int]]:
@@ -189,7 +180,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_dedup_finds_copies_within_two_shards(main, real_photos, tmp_path, capsys):
+def test_dedup_finds_copies_within_two_shards(real_photos, tmp_path, capsys):
     originals = write_shard(tmp_path / "shard-0.tar", {f"{p.parent.name}_{p.stem}.jpg": p.read_bytes()
                                                        for p in real_photos})
     copies = write_shard(tmp_path / "shard-1.tar", {k: v for p in real_photos for k, v in copies_of(p).items()})
@@ -211,7 +202,7 @@ def test_dedup_finds_copies_within_two_shards(main, real_photos, tmp_path, capsy
     assert Image.open(tmp_path / "out" / "closest_pairs.png").size[0] > 600
 
 
-def test_dedup_against_matches_each_copy_with_its_original(main, real_photos, tmp_path, capsys):
+def test_dedup_against_matches_each_copy_with_its_original(real_photos, tmp_path, capsys):
     (tmp_path / "originals").mkdir()
     (tmp_path / "copies").mkdir()
     for p in real_photos:
@@ -239,17 +230,17 @@ def test_dedup_against_matches_each_copy_with_its_original(main, real_photos, tm
     (["{data}", "--against", "{data}"], "drop --against to find near-duplicates within one set"),
     (["{data}", "--against", "missing_folder"], "dataset not found"),
 ])
-def test_bad_input_is_one_error_line_before_any_model_loads(main, tmp_path, capsys, monkeypatch, argv, fragment):
+def test_bad_input_is_one_error_line_before_any_model_loads(tmp_path, capsys, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
     data = npz_slice(tmp_path, "cifar10", "test.npz", rows=slice(0, 2))
-    monkeypatch.setattr(dedup_cli, "backbone_from_args", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("zeroshot.cli.dedup.backbone_from_args", lambda args: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit) as exited:
         main(["dedup", *[a.replace("{data}", str(data)) for a in argv], "--output", "out"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exited.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
 
 
-def test_an_output_that_cannot_be_written_is_refused(main, tmp_path, capsys):
+def test_an_output_that_cannot_be_written_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit) as exited:
         main(["dedup", str(tmp_path), "--output", str(tmp_path / "file" / "out")])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def _target_table(path: Path, header: list[str], rows: list[list[str]], classes:
     if ragged:
         raise ValueError(f"{path}: rows {ragged[:3]} do not have the header's {len(header)} fields")
     ids = [row[0] for row in rows]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise ValueError(f"{path}: images {duplicates[:5]} have more than one row; give one row per image")
     values = np.array([row[1:] for row in rows], dtype=str).reshape(len(ids), len(header) - 1)
