@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from zeroshot.train.default_captions import flickr_split
 from zeroshot.train.default_data import training_set
 
 
+BATCH_SIZE = AlignConfig.batch_size
+
+
 def recall_at_k(image_features: torch.Tensor, text_features: torch.Tensor, owner: np.ndarray, k: int = 5) -> float:
     """Text-to-image recall@k: share of captions whose own image is among the k most similar images."""
     top = (text_features @ image_features.T).topk(k, dim=1).indices.numpy()
@@ -46,7 +50,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/default")
     parser.add_argument("--tower", default="resnet10t")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=8, help="passes over the images (with --steps: as many as "
+                        "the steps take)")
     parser.add_argument("--steps", type=int, default=None,
                         help="the run's length: the cosine schedule ends here, the final weights are kept")
     parser.add_argument("--minutes", type=float, default=50, help="training-loop budget (the whole script: ~+6)")
@@ -82,7 +87,8 @@ def main() -> None:
         return recall_at_k(feats, val_text, owner, 5)
 
     model = backbone.model
-    config = AlignConfig(epochs=args.epochs, seed=args.seed, schedule_steps=args.steps,
+    epochs = args.epochs if args.steps is None else math.ceil(args.steps / (len(train.images) // BATCH_SIZE))
+    config = AlignConfig(epochs=epochs, seed=args.seed, schedule_steps=args.steps,
                          max_minutes=None if args.max_steps or args.steps else args.minutes, max_steps=args.max_steps)
     aligner = Aligner(model.visual, transform, config, out / "train")
     with quiet_model_loading():
