@@ -149,8 +149,14 @@ class Context:
         return fs.subset(np.flatnonzero((fs.labels >= 0) & ~leaked)), int(leaked.sum())
 
     def leaked_ids(self, spec: Path, location: str | None = None) -> set[str]:
-        """Ids of ``spec``'s images named in the ``--exclude-leaked`` pairs (matched by the data's location)."""
-        location = location or _location(spec)
+        """Ids of ``spec``'s images named in the ``--exclude-leaked`` pairs (matched by the data's location; without
+        pairs the data is not opened a second time just to learn it)."""
+        if not self.leaked:
+            return set()
+        if location is None:
+            from ..datasets import open_dataset
+
+            location = open_dataset(spec).location
         return {i for where, i in self.leaked if where == location}
 
     def class_embeddings(self, card: str, dataset_classes: list[str] | None):
@@ -240,12 +246,6 @@ def fewshot(ctx: Context, ds: BenchmarkDataset) -> dict:
 EVALUATORS: dict[str, Callable[[Context, BenchmarkDataset], dict]] = {
     "zeroshot_classification": zeroshot_classification, "zeroshot_retrieval": zeroshot_retrieval,
     "linear_probe": linear_probe, "fewshot": fewshot}
-
-
-def _location(path: Path) -> str:
-    from ..datasets import open_dataset
-
-    return open_dataset(path).location
 
 
 def check_tasks(tasks: Iterable[str]) -> list[str]:
