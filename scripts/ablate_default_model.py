@@ -11,7 +11,9 @@ run's share of the schedule, 11 %):
 - ``complete``: the cosine ends exactly at ``--steps`` (``schedule_steps``);
 - ``hypernyms``: ``complete`` + WordNet hypernym captions per Tiny ImageNet class;
 - ``digits``: ``complete`` + digits rendered from installed fonts and scikit-learn's ``load_digits``;
-- ``hypernyms+digits``: both.
+- ``hypernyms+digits``: both;
+- ``+sigmoid``: SigLIP's sigmoid loss instead of the multi-positive InfoNCE; ``+soft``: soft contrastive targets
+  from text-text similarity (temperature ``SOFT_TEMPERATURE``); ``+flickr4``: each Flickr photo 4 times per epoch.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ SHIPPED_WARMUP = 200 / 1782  # its linear warm-up, as a share of its schedule (k
 SETS = [("cifar10", "cifar10/test.npz", "cifar10"), ("tinyimagenet val", "tinyimagenet/val", "tinyimagenet"),
         ("dtd10", "dtd10/all", "dtd"), ("mnist", "mnist_rgb/test.npz", "mnist")]
 DIGITS_PER_CLASS = 250
+SOFT_TEMPERATURE = 0.1
 
 
 def encode(tower, transform: ImageTransform, images: torch.Tensor, batch: int = 512) -> np.ndarray:
@@ -92,9 +95,12 @@ def main() -> None:
         parts = set(variant.split("+"))
         train = training_set(data, transform, lambda texts: encode_texts_cached(backbone, texts),
                              hypernyms="hypernyms" in parts, digits_per_class=DIGITS_PER_CLASS * ("digits" in parts),
+                             flickr_repeats=4 if "flickr4" in parts else 1,
                              seed=seed, decoded=decoded)
         schedule = round(args.steps / SHIPPED_CUT) if variant == "shipped" else args.steps
-        config = AlignConfig(epochs=9, seed=seed, max_steps=args.steps, schedule_steps=schedule,
+        config = AlignConfig(loss="sigmoid" if "sigmoid" in parts else "contrastive",
+                             soft_target_temperature=SOFT_TEMPERATURE if "soft" in parts else None,
+                             epochs=9, seed=seed, max_steps=args.steps, schedule_steps=schedule,
                              warmup_steps=round(schedule * SHIPPED_WARMUP))
         backbone.model.visual.load_state_dict(initial)
         start = time.perf_counter()

@@ -61,6 +61,11 @@ def main() -> None:
                              "(the shipped recipe; it makes that recall a selection figure, not a test)")
     parser.add_argument("--hypernyms", action="store_true", help="add WordNet hypernym captions per class")
     parser.add_argument("--digits", type=int, default=0, help="rendered digit images per digit (0: none)")
+    parser.add_argument("--flickr-repeats", type=int, default=1, help="each Flickr photo this many times per epoch")
+    parser.add_argument("--loss", choices=("contrastive", "sigmoid"), default="contrastive",
+                        help="multi-positive InfoNCE, or SigLIP's pairwise sigmoid loss")
+    parser.add_argument("--soft-targets", type=float, default=None, metavar="T",
+                        help="contrastive targets softmax(text-text cosine / T) instead of hard positives")
     parser.add_argument("--limit", type=int, default=None, help="use only this many Tiny ImageNet images (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -74,7 +79,8 @@ def main() -> None:
     print(f"seed {args.seed}, tower {args.tower}@{args.size}, initial fingerprint {backbone.fingerprint}")
 
     train = training_set(data, transform, lambda texts: encode_texts_cached(backbone, texts),
-                         hypernyms=args.hypernyms, digits_per_class=args.digits, limit=args.limit, seed=args.seed)
+                         hypernyms=args.hypernyms, digits_per_class=args.digits, flickr_repeats=args.flickr_repeats,
+                         limit=args.limit, seed=args.seed)
     _, _, val_paths, val_caps = flickr_split(data)
     print(f"{train}, prepared in {time.perf_counter() - start:.0f} s")
 
@@ -88,7 +94,8 @@ def main() -> None:
 
     model = backbone.model
     epochs = args.epochs if args.steps is None else math.ceil(args.steps / (len(train.images) // BATCH_SIZE))
-    config = AlignConfig(epochs=epochs, seed=args.seed, schedule_steps=args.steps,
+    config = AlignConfig(loss=args.loss, soft_target_temperature=args.soft_targets, epochs=epochs, seed=args.seed,
+                         schedule_steps=args.steps,
                          max_minutes=None if args.max_steps or args.steps else args.minutes, max_steps=args.max_steps)
     aligner = Aligner(model.visual, transform, config, out / "train")
     with quiet_model_loading():
@@ -100,7 +107,8 @@ def main() -> None:
                                   exclude_prefixes=("text.transformer.",),
                                   logit_scale=float(aligner.log_scale.detach().exp().clamp(max=100)))
     summary["kept"] = args.keep
-    summary["recipe"] = {"steps": args.steps, "hypernyms": args.hypernyms, "digits": args.digits, **train.sources}
+    summary["recipe"] = {"steps": args.steps, "hypernyms": args.hypernyms, "digits": args.digits, "loss": args.loss,
+                         "soft_targets": args.soft_targets, "flickr_repeats": args.flickr_repeats, **train.sources}
     summary["minutes_total"] = round((time.perf_counter() - start) / 60, 1)
     summary["fingerprint"] = load_backbone(folder, device="cpu").fingerprint
     (out / "model" / "training.json").write_text(json.dumps(summary, indent=1))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroshot.train.align import (
-    AlignConfig, Aligner, Targets, ViewPlan, apply_view, augment, contrastive_loss, teacher_loss,
+    AlignConfig, Aligner, Targets, ViewPlan, apply_view, augment, contrastive_loss, sigmoid_loss, teacher_loss,
 )
 from zeroshot.images import ImageTransform
 
@@ -39,6 +39,48 @@ def test_contrastive_loss_is_small_when_aligned_and_large_when_shuffled():
     groups = torch.full((32,), -1)
     assert contrastive_loss(x, x, groups, torch.tensor(100.0)) < 0.05
     assert contrastive_loss(x, x.roll(1, 0), groups, torch.tensor(100.0)) > 5
+
+
+def test_soft_targets_follow_text_similarity_and_reduce_to_hard_targets_when_cold():
+    g = torch.Generator().manual_seed(2)
+    img, txt = unit(torch.randn(6, 8, generator=g)), unit(torch.randn(6, 8, generator=g))
+    groups = torch.tensor([0, 0, 1, -1, 2, -1])
+    logits = 10 * img @ txt.T
+    sim = (txt @ txt.T).masked_fill(torch.tensor([[a == b and a >= 0 or i == j for j, b in enumerate(groups)]
+                                                  for i, a in enumerate(groups)]), 1.0)
+    q = torch.softmax(sim / 0.1, 1)
+    expected = -((q * logits.log_softmax(1)).sum(1).mean() + (q * logits.T.log_softmax(1)).sum(1).mean()) / 2
+    assert contrastive_loss(img, txt, groups, torch.tensor(10.0), 0.1).item() == pytest.approx(expected.item(), rel=1e-5)
+    # with no shared groups, a cold temperature puts the whole target on the image's own caption: the hard loss
+    singles = torch.full((6,), -1)
+    assert contrastive_loss(img, txt, singles, torch.tensor(10.0), 1e-4).item() == pytest.approx(
+        contrastive_loss(img, txt, singles, torch.tensor(10.0)).item(), rel=1e-5)
+
+
+def test_sigmoid_loss_is_a_sum_of_pairwise_binary_log_losses():
+    g = torch.Generator().manual_seed(3)
+    img, txt = unit(torch.randn(5, 8, generator=g)), unit(torch.randn(5, 8, generator=g))
+    groups = torch.tensor([0, 0, -1, 1, -1])
+    z = (10 * img @ txt.T - 3).double().numpy()
+    total = sum(np.log1p(np.exp(-z[i, j] if i == j or (groups[i] >= 0 and groups[i] == groups[j]) else z[i, j]))
+                for i in range(5) for j in range(5))
+    loss = sigmoid_loss(img, txt, groups, torch.tensor(10.0), torch.tensor(-3.0))
+    assert loss.item() == pytest.approx(total / 5, rel=1e-5)
+    aligned = sigmoid_loss(img, img, torch.full((5,), -1), torch.tensor(100.0), torch.tensor(-50.0))
+    assert aligned < 0.01 < sigmoid_loss(img, img.roll(1, 0), torch.full((5,), -1), torch.tensor(100.0),
+                                         torch.tensor(-50.0))
+
+
+def test_sigmoid_loss_trains_the_tiny_problem_and_soft_targets_need_the_contrastive_loss(tmp_path):
+    images, targets, centres = tiny_problem()
+    config = AlignConfig(loss="sigmoid", epochs=6, batch_size=32, lr=3e-3, warmup_steps=5)
+    aligner = Aligner(tiny_tower(), ImageTransform(size=32), config, tmp_path)
+    aligner.fit(images, targets, progress=False)
+    feats = unit(aligner.tower(ImageTransform(size=32).normalize(images)))
+    assert ((feats @ centres.T).argmax(1).numpy() == targets.groups).mean() >= 0.9
+    assert aligner.bias.item() != config.init_bias
+    with pytest.raises(ValueError, match="contrastive"):
+        AlignConfig(loss="sigmoid", soft_target_temperature=0.1)
 
 
 def test_teacher_losses():

@@ -3,7 +3,8 @@
 One loop serves two targets (methods/distillation.md):
 - **text** (LiT-style): each image has candidate captions embedded by a locked text tower; a symmetric contrastive
   loss with a learned temperature, where images sharing a group (class) are positives of each other, so a batch
-  holds no false negatives;
+  holds no false negatives (optionally with soft targets from text-text similarity), or SigLIP's pairwise sigmoid
+  loss with a learned bias;
 - **teacher**: each image has its teacher image embedding; cosine (default), L1 after re-normalisation (EZAD), or
   affinity mimicking against a set of class-text anchors (TinyCLIP's image-to-text distillation).
 
@@ -30,7 +31,7 @@ from ..images import ImageTransform
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("contrastive", "cosine", "l1", "affinity")
+LOSSES = ("contrastive", "sigmoid", "cosine", "l1", "affinity")
 
 
 @dataclass
@@ -45,6 +46,8 @@ class AlignConfig:
     warmup_steps: int = 200
     grad_clip: float = 1.0
     init_temperature: float = 0.07
+    init_bias: float = -10.0  # the sigmoid loss's learned logit bias starts here (SigLIP's init)
+    soft_target_temperature: float | None = None  # contrastive: targets softmax(text-text cosine / this) (None: hard)
     affinity_temperature: float = 0.01
     seed: int = 0
     max_minutes: float | None = None
@@ -59,6 +62,8 @@ class AlignConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.soft_target_temperature is not None and self.loss != "contrastive":
+            raise ValueError("soft targets apply to the contrastive loss only")
 
 
 @dataclass
@@ -165,15 +170,34 @@ class ViewPlan:
         return x
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor):
-    """Symmetric InfoNCE where every pair sharing a group (>= 0) is a positive (multi-positive log-likelihood)."""
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor,
+                     soft_temperature: float | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE where every pair sharing a group (>= 0) is a positive (multi-positive log-likelihood).
+    With ``soft_temperature`` the target over a batch is softmax(cos(text_i, text_j) / T), positives at cosine 1,
+    so a caption near the image's own is a soft positive rather than a hard negative."""
     logits = logit_scale * image @ text.T
-    positive = (groups[:, None] == groups[None, :]) & (groups[:, None] >= 0)
-    positive |= torch.eye(len(image), dtype=torch.bool)
+    positive = _positives(groups)
+    if soft_temperature is not None:
+        soft = torch.softmax((text @ text.T).masked_fill(positive, 1.0) / soft_temperature, 1)  # symmetric
+        return -((soft * logits.log_softmax(1)).sum(1).mean() + (soft * logits.T.log_softmax(1)).sum(1).mean()) / 2
     very_negative = torch.finfo(logits.dtype).min
     i2t = torch.logsumexp(logits.masked_fill(~positive, very_negative), 1) - torch.logsumexp(logits, 1)
     t2i = torch.logsumexp(logits.T.masked_fill(~positive.T, very_negative), 1) - torch.logsumexp(logits.T, 1)
     return -(i2t.mean() + t2i.mean()) / 2
+
+
+def sigmoid_loss(image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor,
+                 bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP (Zhai et al. 2023): -1/B sum_ij log sigmoid(z_ij (t x_i.y_j + b)), z = +1 for positives (same group)
+    and -1 otherwise; every pair is its own binary problem, with no softmax over the batch."""
+    sign = _positives(groups).float() * 2 - 1
+    return -F.logsigmoid(sign * (logit_scale * image @ text.T + bias)).sum() / len(image)
+
+
+def _positives(groups: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: i and j share a group >= 0, or i == j."""
+    positive = (groups[:, None] == groups[None, :]) & (groups[:, None] >= 0)
+    return positive | torch.eye(len(groups), dtype=torch.bool)
 
 
 def teacher_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, anchors: torch.Tensor | None,
@@ -197,10 +221,11 @@ class Aligner:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
+        self.bias = torch.nn.Parameter(torch.tensor(config.init_bias))  # used by the sigmoid loss only
 
     def _optimizer(self):
         decay = [p for p in self.tower.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.tower.parameters() if p.ndim <= 1] + [self.log_scale]
+        no_decay = [p for p in self.tower.parameters() if p.ndim <= 1] + [self.log_scale, self.bias]
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr)
 
@@ -242,7 +267,10 @@ class Aligner:
                 out = F.normalize(self.tower(x).float(), dim=-1)
                 target = targets.embeddings[torch.as_tensor(drawn)]
                 if cfg.loss == "contrastive":
-                    loss = contrastive_loss(out, target, groups_all[torch.as_tensor(rows)], self.log_scale.exp())
+                    loss = contrastive_loss(out, target, groups_all[torch.as_tensor(rows)], self.log_scale.exp(),
+                                            cfg.soft_target_temperature)
+                elif cfg.loss == "sigmoid":
+                    loss = sigmoid_loss(out, target, groups_all[torch.as_tensor(rows)], self.log_scale.exp(), self.bias)
                 else:
                     loss = teacher_loss(cfg.loss, out, target, anchor_t, cfg.affinity_temperature)
                     if cfg.affinity_weight and cfg.loss != "affinity":
@@ -310,7 +338,7 @@ class Aligner:
 
     def _checkpoint(self, optimizer, schedule, state: dict) -> None:
         tmp = self.out / "checkpoint.pt.tmp"
-        torch.save({"tower": self.tower.state_dict(), "log_scale": self.log_scale.detach(),
+        torch.save({"tower": self.tower.state_dict(), "log_scale": self.log_scale.detach(), "bias": self.bias.detach(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "state": dict(state),
                     "config": asdict(self.config)}, tmp)
         tmp.replace(self.out / "checkpoint.pt")
@@ -325,6 +353,7 @@ class Aligner:
             raise ValueError(f"{path} was written with other settings; use a new output folder or the same config")
         self.tower.load_state_dict(saved["tower"])
         self.log_scale.data.copy_(saved["log_scale"])
+        self.bias.data.copy_(saved.get("bias", torch.tensor(self.config.init_bias)))
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         log.info("resuming from step %d (%s)", saved["state"]["step"], path)

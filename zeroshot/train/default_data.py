@@ -16,7 +16,8 @@ from .align import Targets
 from .default_captions import default_model_captions
 from .digit_images import digit_captions, digit_images
 
-DIGIT_GROUP = 1000  # contrastive group of a digit image: 1000 + digit (Tiny ImageNet classes are 0-199, Flickr -1)
+DIGIT_GROUP = 1000  # contrastive group of a digit image: 1000 + digit (Tiny ImageNet classes are 0-199)
+FLICKR_GROUP = 2000  # of a Flickr photo: 2000 + photo, so its repeated copies are positives of each other
 
 
 class FirstRows(Dataset):
@@ -43,11 +44,12 @@ class TrainingSet:
 
 
 def training_set(data: str | Path, transform: ImageTransform, encode_texts: Callable[[list[str]], np.ndarray], *,
-                 hypernyms: bool = False, digits_per_class: int = 0, limit: int | None = None, seed: int = 0,
-                 decoded: dict | None = None) -> TrainingSet:
+                 hypernyms: bool = False, digits_per_class: int = 0, flickr_repeats: int = 1,
+                 limit: int | None = None, seed: int = 0, decoded: dict | None = None) -> TrainingSet:
     """Images and caption targets: every Tiny ImageNet image draws one of its class's prompts (plus WordNet hypernym
     captions with ``hypernyms``), every Flickr photo one of its captions, every digit image (``digits_per_class``
-    per digit, seeded) one of the digit captions; images of one class are each other's positives. ``limit``: only
+    per digit, seeded) one of the digit captions; images of one class are each other's positives. ``flickr_repeats``:
+    each Flickr photo appears that many times per epoch (captioned photos are 1.5 % of the images). ``limit``: only
     the first Tiny ImageNet images (smoke runs). ``decoded`` keeps decoded photos between calls (ablations)."""
     decoded = {} if decoded is None else decoded
     corpus = default_model_captions(Path(data), with_hypernyms=hypernyms)
@@ -57,11 +59,13 @@ def training_set(data: str | Path, transform: ImageTransform, encode_texts: Call
         flickr, flickr_rows, _ = decode_all(ImageFiles(corpus.flickr_paths), transform)
         decoded["photos"] = (tin, tin_rows, flickr, flickr_rows)
     tin, tin_rows, flickr, flickr_rows = decoded["photos"]
-    kept = np.concatenate([tin_rows, len(corpus.tiny_imagenet) + np.asarray(flickr_rows)])
+    kept = np.concatenate([tin_rows, np.tile(len(corpus.tiny_imagenet) + np.asarray(flickr_rows), flickr_repeats)])
     texts = list(corpus.texts)
     offsets, indices = corpus.layout(kept)
-    groups, images = corpus.labels[kept], [tin, flickr]
-    sources = {"Tiny ImageNet": len(tin), "Flickr8k": len(flickr)}
+    photo = np.tile(np.arange(len(flickr_rows)), flickr_repeats)
+    groups = np.concatenate([corpus.labels[tin_rows], FLICKR_GROUP + photo])
+    images = [tin, flickr.repeat(flickr_repeats, 1, 1, 1)]
+    sources = {"Tiny ImageNet": len(tin), "Flickr8k": len(flickr) * flickr_repeats}
     if digits_per_class:
         pixels, labels = digit_images(digits_per_class, size=transform.size, seed=seed)
         spans = [digit_captions(d) for d in range(10)]
