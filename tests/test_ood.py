@@ -36,6 +36,20 @@ def test_auroc_and_aupr_equal_sklearn(rng, tied):
 
 
 @pytest.mark.parametrize("tied", [False, True])
+def test_ood_metrics_sort_once_and_equal_the_metrics_computed_one_by_one(rng, tied, monkeypatch):
+    s_id, s_ood = _scores(rng, tied)
+    separate = {"auroc": auroc(s_id, s_ood), "fpr95": fpr_at_tpr(s_id, s_ood),
+                "aupr_in": average_precision(s_id, s_ood), "aupr_out": average_precision(-s_ood, -s_id)}
+    sorts = []
+    real_argsort = np.argsort
+    monkeypatch.setattr(np, "argsort", lambda *a, **k: sorts.append(1) or real_argsort(*a, **k))
+    together = ood_metrics(s_id, s_ood)
+    assert len(sorts) == 1
+    for name, value in separate.items():
+        assert together[name] == pytest.approx(value, abs=1e-12, rel=0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
 def test_fpr95_is_the_first_roc_point_reaching_95_tpr(rng, tied):
     s_id, s_ood = _scores(rng, tied)
     fpr, tpr, _ = skm.roc_curve(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood],

@@ -36,7 +36,11 @@ def roc_curve(score_id, score_ood) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(FPR, TPR, thresholds) with ID positive, from (0, 0) at threshold +inf down to (1, 1)."""
     score_id, score_ood = _check_scores(score_id, "score_id"), _check_scores(score_ood, "score_ood")
     tp, fp, thresholds = _cumulative_counts(score_id, score_ood)
-    return np.r_[0.0, fp / len(score_ood)], np.r_[0.0, tp / len(score_id)], np.r_[np.inf, thresholds]
+    return _roc(tp, fp) + (np.r_[np.inf, thresholds],)
+
+
+def _roc(tp: np.ndarray, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
 
 
 def auroc(score_id, score_ood) -> float:
@@ -64,20 +68,33 @@ def threshold_at_tpr(score_id, tpr: float = 0.95) -> float:
     return float(descending[_first_reaching(at_least, tpr)])
 
 
-def average_precision(score_positive, score_negative) -> float:
-    """Step-wise average precision: sum over thresholds of (recall step) x precision, as scikit-learn computes it."""
-    tp, fp, _ = _cumulative_counts(_check_scores(score_positive, "positive scores"),
-                                   _check_scores(score_negative, "negative scores"))
+def _average_precision(tp: np.ndarray, fp: np.ndarray) -> float:
     recall = tp / tp[-1]
     return float(np.sum(np.diff(np.r_[0.0, recall]) * tp / (tp + fp)))
 
 
+def average_precision(score_positive, score_negative) -> float:
+    """Step-wise average precision: sum over thresholds of (recall step) x precision, as scikit-learn computes it."""
+    tp, fp, _ = _cumulative_counts(_check_scores(score_positive, "positive scores"),
+                                   _check_scores(score_negative, "negative scores"))
+    return _average_precision(tp, fp)
+
+
 def ood_metrics(score_id, score_ood) -> dict:
-    """AUROC, FPR@95%TPR, AUPR-In (ID positive), AUPR-Out (OOD positive, scores negated) as fractions, n_in, n_out."""
+    """AUROC, FPR@95%TPR, AUPR-In (ID positive), AUPR-Out (OOD positive, scores negated) as fractions, n_in, n_out.
+    One sort serves all four: the OOD-positive counts are the ID-positive ones read from the other end."""
     score_id, score_ood = _check_scores(score_id, "score_id"), _check_scores(score_ood, "score_ood")
-    return {"auroc": auroc(score_id, score_ood), "fpr95": fpr_at_tpr(score_id, score_ood, 0.95),
-            "aupr_in": average_precision(score_id, score_ood), "aupr_out": average_precision(-score_ood, -score_id),
-            "n_in": len(score_id), "n_out": len(score_ood)}
+    return _metrics(*_cumulative_counts(score_id, score_ood)[:2])
+
+
+def _metrics(tp: np.ndarray, fp: np.ndarray) -> dict:
+    fpr, tpr = _roc(tp, fp)
+    n_in, n_out = int(tp[-1]), int(fp[-1])
+    # OOD accepted at score <= t_k: n_out - #OOD above t_k, i.e. the counts one threshold up, in reverse order
+    ood_tp, ood_fp = (n_out - np.r_[0.0, fp[:-1]])[::-1], (n_in - np.r_[0.0, tp[:-1]])[::-1]
+    return {"auroc": float(np.trapezoid(tpr, fpr)), "fpr95": float(fpr[_first_reaching(tpr, 0.95)]),
+            "aupr_in": _average_precision(tp, fp), "aupr_out": _average_precision(ood_tp, ood_fp),
+            "n_in": n_in, "n_out": n_out}
 
 
 def evaluate_detectors(detectors: dict, X_id, ood_sets: dict) -> tuple[list[dict], dict[str, dict[str, np.ndarray]]]:
@@ -117,8 +134,8 @@ def plot_roc(pairs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.Pat
 
     lines = []
     for name, (score_id, score_ood) in pairs.items():
-        fpr, tpr, _ = roc_curve(score_id, score_ood)
-        lines.append((ood_metrics(score_id, score_ood), name, fpr, tpr))
+        tp, fp, _ = _cumulative_counts(_check_scores(score_id, "score_id"), _check_scores(score_ood, "score_ood"))
+        lines.append((_metrics(tp, fp), name, *_roc(tp, fp)))
     fig = Figure(figsize=(6, 6), layout="constrained")
     ax = fig.add_subplot()
     for m, name, fpr, tpr in sorted(lines, key=lambda line: -line[0]["auroc"]):
