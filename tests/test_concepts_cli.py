@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import npz_slice, shared
+from conftest import DEFAULT_FINGERPRINT, npz_slice, shared
 from zeroshot.cli import main
 from zeroshot.concepts.report import CSV_COLUMNS
 
@@ -97,7 +97,7 @@ def test_report_on_real_data_evaluates_counts_and_fits(tmp_path, capsys):
               "--cache-dir", str(tmp_path / "cache")])
     fit = json.loads((out / "fit.json").read_text())
     assert fit["meta"]["corpus"]["format"] == "csv" and fit["meta"]["n_captions"] == 5000
-    assert fit["meta"]["fingerprint"] == "cb438070808b1159" and fit["fit"]["n_concepts"] == 10
+    assert fit["meta"]["fingerprint"] == DEFAULT_FINGERPRINT and fit["fit"]["n_concepts"] == 10
     with open(out / "counts.csv", newline="") as f:
         by = {r["concept"]: r for r in csv.DictReader(f)}
     assert float(by["dog"]["text_count"]) > 1000 and by["dog"]["image_count"] == ""
