@@ -13,8 +13,8 @@ import pytest
 
 from conftest import npz_slice, unit_rows
 from zeroshot import class_embeddings, default_cache_dir, extract
-from zeroshot.cache import (atomic_save_npy, list_entries, npy_intact, prune, resolve_cache_dir, text_path,
-                            touch_last_used)
+from zeroshot.cache import (atomic_save_npy, list_entries, npy_intact, prune, remembered_digest, resolve_cache_dir,
+                            text_path, touch_last_used)
 from zeroshot.cli import main
 from zeroshot.features import ShardStore
 from zeroshot.prompts import encode_texts_cached
@@ -271,3 +271,31 @@ def test_atomic_concat_npy_streams_parts_into_one_array(tmp_path):
     with pytest.raises(ValueError, match="hold 6 rows, not 7"):
         atomic_concat_npy(tmp_path / "y.npy", iter(parts), (7, 3), np.float32)
     assert not list(tmp_path.glob("*y.npy*"))  # nothing half-written is left behind
+
+
+def test_a_files_digest_is_remembered_until_its_size_or_mtime_changes(tmp_path):
+    weights, calls = tmp_path / "w.bin", []
+    weights.write_bytes(b"abc")
+
+    def compute(path):
+        calls.append(path)
+        return f"digest-{path.read_bytes().decode()}"
+
+    assert remembered_digest(weights, compute) == remembered_digest(weights, compute) == "digest-abc"
+    assert len(calls) == 1 and list_entries() == []  # the memo is not a cache entry to list or prune
+    weights.write_bytes(b"abcd")
+    assert remembered_digest(weights, compute) == "digest-abcd" and len(calls) == 2
+    os.utime(weights, ns=(1, 1))
+    assert remembered_digest(weights, compute) == "digest-abcd" and len(calls) == 3
+
+
+def test_a_second_process_fingerprints_the_default_model_without_reading_the_text_weights():
+    """issue 22: the text tower (90 MB) was hashed on every load; a new process now reads its remembered digest."""
+    probe = ("import builtins, sys; real = builtins.open; opened = []\n"
+             "builtins.open = lambda f, *a, **k: (opened.append(str(f)), real(f, *a, **k))[1]\n"
+             "from zeroshot import load_backbone\n"
+             "print(load_backbone('default', device='cpu').fingerprint)\n"
+             "print(sum(f.endswith('model.safetensors') and 'minilm' in f.lower() for f in opened))")
+    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs[0][0] == runs[1][0] and (runs[0][1], runs[1][1]) == ("1", "0")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import remembered_digest
 from .hub import HF_HUB_PREFIX, check_hf_hub_spec, check_open_clip_spec
 from .images import ImageTransform
 
@@ -362,10 +363,11 @@ def _load_folder(folder: Path, device: str, precision: str, decode: str, loading
         raise ValueError(f"{config_path} needs a 'model_cfg' with 'embed_dim', 'vision_cfg' and 'text_cfg'")
     preprocess_cfg = dict(config.get("preprocess_cfg", {}))
     preprocess_cfg.setdefault("size", model_cfg.get("vision_cfg", {}).get("image_size", 224))
-    digest = sha256_file(weights_path)
+    digest = remembered_digest(weights_path, sha256_file)
     text_from_package = text_tower_from_package(model_cfg)
     if text_from_package:
-        digest += "+text:" + sha256_file(Path(resolve_text_tower(model_cfg["text_cfg"]["hf_model_name"])) / "model.safetensors")
+        text_weights = Path(resolve_text_tower(model_cfg["text_cfg"]["hf_model_name"])) / "model.safetensors"
+        digest += "+text:" + remembered_digest(text_weights, sha256_file)
 
     def build():
         from safetensors.torch import load_file

@@ -5,6 +5,7 @@ Layout, under the cache folder (``$ZEROSHOT_CACHE``, else ``~/.cache/zeroshot``)
     <fingerprint>/images/<data key>/   one extraction: a FeatureSet, or the shards of an unfinished one
     <fingerprint>/views/<key>/view-N/  teacher views of a distillation, one FeatureSet per view
     <fingerprint>/text/<digest>.npy    text embeddings (class prompts, captions)
+    hashes/<digest>                    a weights file's SHA-256, by its path, size and mtime (fingerprints)
 
 Every ``cache_dir`` argument goes through :func:`resolve_cache_dir`: ``None`` means the default cache, a path
 has ``~`` expanded, and ``False`` means no cache at all. Files are written under a name unique to the writer
@@ -22,6 +23,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,22 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None | bool) -> Path | None
 def digest(key, length: int = 16) -> str:
     """A short stable name for a JSON-serialisable key."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def remembered_digest(path: str | os.PathLike, compute: Callable[[Path], str]) -> str:
+    """``compute(path)`` (a file's hash), remembered in the default cache's ``hashes/`` by the file's absolute path,
+    size and modification time, so weights that did not change are not read again to fingerprint a model (the 90 MB
+    text tower, on every load). Where the cache cannot be read or written, it is computed each time."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo = default_cache_dir() / "hashes" / digest([str(path), stat.st_size, stat.st_mtime_ns], 32)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return memo.read_text(encoding="ascii")
+    value = compute(path)
+    with contextlib.suppress(OSError):
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(memo, lambda f: f.write(value.encode("ascii")))
+    return value
 
 
 def images_entry(cache: Path, fingerprint: str, data_key: dict) -> Path:
