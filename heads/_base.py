@@ -159,14 +159,18 @@ class Head(BaseEstimator):
     _fitted_arrays: tuple[str, ...] = ()
     _fitted_meta: tuple[str, ...] = ()
 
-    def _check_X(self, X) -> np.ndarray:
+    def _check_fitted(self) -> None:
+        """scikit-learn's NotFittedError unless the first fitted array (else any fitted attribute) is set."""
         check_is_fitted(self, self._fitted_arrays[0] if self._fitted_arrays else None)
+
+    def _check_X(self, X) -> np.ndarray:
+        self._check_fitted()
         return check_features(X, dim=self.n_features_in_)
 
     def _finite_scores(self, X, scores_of) -> np.ndarray:
         """``scores_of(X)`` with X checked after the fact: a non-finite score sends X through the full check (which
         names the NaN rows), so valid input pays no pass over X for it."""
-        check_is_fitted(self, self._fitted_arrays[0] if self._fitted_arrays else None)
+        self._check_fitted()
         X = check_features(X, dim=self.n_features_in_, finite=False)
         scores = scores_of(X)
         if not np.isfinite(scores).all():
@@ -177,7 +181,7 @@ class Head(BaseEstimator):
         """Write ``head.json`` (class, params, fitted metadata) and ``head.safetensors`` (fitted arrays)."""
         from safetensors.numpy import save_file
 
-        check_is_fitted(self, self._fitted_arrays[0] if self._fitted_arrays else None)
+        self._check_fitted()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: np.ascontiguousarray(getattr(self, k)) for k in self._fitted_arrays}, str(folder / HEAD_WEIGHTS))

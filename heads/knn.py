@@ -3,6 +3,7 @@ Spec: methods/ood_scores.md 3."""
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
 from zeroshot.features import unit_rows
 from zeroshot.ood_metrics import threshold_at_tpr
@@ -21,7 +22,8 @@ class KNN(OODDetector):
     ``k=None`` picks ``clip(round(N / 1000), 1, 1000)`` (the paper's 50 for CIFAR-10, 1000 for ImageNet).
     ``index`` is a faiss ``index_factory`` string: ``"Flat"`` (exact, default) or an approximate one such as
     ``"IVF64,Flat"`` (searched with ``nprobe`` lists) for large banks. ``fraction`` < 1 indexes a seeded random
-    subset of the ID features. The fitted index is saved as faiss's own byte serialisation.
+    subset of the ID features. The fitted index is saved as faiss's own byte serialisation (``index_bytes_``, made
+    when first asked for: a fit does not pay for it).
     """
 
     _fitted_arrays = ("index_bytes_",)
@@ -55,14 +57,29 @@ class KNN(OODDetector):
         if not index.is_trained:
             index.train(X)
         index.add(X)
-        self.index_bytes_ = faiss.serialize_index(index)
         self.k_ = k
         self.n_features_in_ = X.shape[1]
-        self._index = index
+        self._index, self._index_bytes = index, None
         self.offset_ = None  # k = N: every indexed row is a neighbour, none is left to score a row without itself
         if k < len(X):
             self.offset_ = threshold_at_tpr(self._kth_distance_score(self._offset_sample(X), k + 1), ID_TPR)
         return self
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(self, "k_")  # not index_bytes_: probing it would serialise the index
+
+    @property
+    def index_bytes_(self) -> np.ndarray:
+        """faiss's byte serialisation of the fitted index (uint8), made on first use (saving, a copy)."""
+        if self._index_bytes is None:
+            import faiss
+
+            self._index_bytes = faiss.serialize_index(self._index)
+        return self._index_bytes
+
+    @index_bytes_.setter
+    def index_bytes_(self, value: np.ndarray) -> None:  # a loaded head: the index is rebuilt from these on first search
+        self._index_bytes, self._index = value, None
 
     def _offset_sample(self, X: np.ndarray) -> np.ndarray:
         """Up to OFFSET_ROWS seeded rows of the indexed features: enough for a 95 % quantile, and the fit stays
@@ -75,8 +92,8 @@ class KNN(OODDetector):
         """The fitted faiss index (rebuilt from its bytes after loading), with ``nprobe`` applied to IVF indexes."""
         import faiss
 
-        if getattr(self, "_index", None) is None:
-            self._index = faiss.deserialize_index(np.asarray(self.index_bytes_, dtype=np.uint8))
+        if self._index is None:
+            self._index = faiss.deserialize_index(np.asarray(self._index_bytes, dtype=np.uint8))
         ivf = faiss.try_extract_index_ivf(self._index)
         if ivf is not None:
             ivf.nprobe = self.nprobe

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import OutlierMixin
-from sklearn.utils.validation import check_is_fitted
 
 from zeroshot.features import unit_rows
 from zeroshot.ood_metrics import threshold_at_tpr
@@ -37,7 +36,7 @@ class OODDetector(OutlierMixin, Head):
     by hand. Detectors fitted on class text alone have none (None) until then."""
 
     def _check_X(self, X) -> np.ndarray:
-        check_is_fitted(self, self._fitted_arrays[0])
+        self._check_fitted()
         return unit_rows(X, dim=self.n_features_in_, sampled=True)
 
     def score_samples(self, X) -> np.ndarray:
@@ -81,7 +80,7 @@ class TextOODDetector(OODDetector):
 
     def _cosines(self, X, W: np.ndarray | None = None) -> np.ndarray:
         """(N, C) float32 cosine similarities to the class embeddings (or to the rows of ``W``)."""
-        check_is_fitted(self, self._fitted_arrays[0])
+        self._check_fitted()
         return projected(X, self.class_embeddings_ if W is None else W, dim=self.n_features_in_, unit=True)
 
 
