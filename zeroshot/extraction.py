@@ -117,9 +117,13 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *,
     if not isinstance(dataset, Dataset):
         dataset = open_dataset(dataset)
     signature = {**dataset.signature(), "transform": backbone.transform.fingerprint()}
-    device = "cuda" if engine == "ray" and gpus_per_worker else backbone.device
-    run = partial(_extract_into, backbone=backbone, dataset=dataset, signature=signature,
-                  batch_size=batch_size or default_batch_size(device), shard_batches=shard_batches, progress=progress,
+
+    def layout() -> dict:  # a new cache entry's batches: only then is the device (and so torch) needed
+        size = batch_size or default_batch_size("cuda" if engine == "ray" and gpus_per_worker else backbone.device)
+        return {"batch_size": size, "shard_size": size * shard_batches}
+
+    run = partial(_extract_into, backbone=backbone, dataset=dataset, signature=signature, layout=layout,
+                  progress=progress,
                   encode=partial(_encode_missing, num_workers=num_workers) if engine == "local" else
                   partial(_encode_on_ray, address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker,
                           decode_threads=num_workers))
@@ -131,14 +135,14 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *,
     return run(images_entry(cache, backbone.fingerprint, signature))
 
 
-def _extract_into(folder: Path, *, backbone: Backbone, dataset: Dataset, signature: dict, batch_size: int,
-                  shard_batches: int, progress: bool, encode) -> FeatureSet:
+def _extract_into(folder: Path, *, backbone: Backbone, dataset: Dataset, signature: dict, layout, progress: bool,
+                  encode) -> FeatureSet:
     """The cache entry ``folder`` made complete (``encode(store, plan, backbone, dataset, progress)`` encodes what no
-    process has committed yet) and loaded."""
+    process has committed yet) and loaded; ``layout()``: the batch and shard size of a new entry."""
     store = ShardStore(folder, {
         "fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name, "dataset": signature,
-        "batch_size": batch_size, "shard_size": batch_size * shard_batches, "dim": backbone.embed_dim,
-    })
+        "dim": backbone.embed_dim,
+    }, layout)
     plan = ShardPlan(len(dataset), store.header["batch_size"], store.header["shard_size"])  # a resume keeps them
     meta = {"fingerprint": backbone.fingerprint, "space": backbone.space, "backbone": backbone.name,
             "dataset": signature, "transform": backbone.transform.fingerprint(), "classes": dataset.classes}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,17 +181,18 @@ class ShardStore:
     number of processes (they write identical bytes), each committed by its own sidecar ``shard-NNNNN.json``.
 
     ``manifest.json`` holds only the header until :meth:`finish` joins the shards; no process ever rewrites it from
-    its own memory of which shards are done: that is read from the sidecars on disk.
+    its own memory of which shards are done: that is read from the sidecars on disk. ``layout()`` gives header
+    fields only a new entry needs (the batch size depends on the device, and knowing the device imports torch).
     """
 
-    def __init__(self, folder: Path, header: dict):
+    def __init__(self, folder: Path, header: dict, layout: Callable[[], dict] = dict):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         header = json.loads(json.dumps(header))  # compare like with like: tuples come back from JSON as lists
         manifest = self._manifest()
         if not manifest:
             with entry_lock(self.folder):  # a new entry: the first process writes the header, once
-                manifest = self._manifest() or {**header, "version": FORMAT_VERSION,
+                manifest = self._manifest() or {**header, **layout(), "version": FORMAT_VERSION,
                                                                  "complete": False}
                 atomic_write_json(self.folder / MANIFEST, manifest)
         if manifest.get("fingerprint") != header["fingerprint"]:

@@ -71,6 +71,15 @@ def classification_metrics(scores: np.ndarray, y: np.ndarray, class_names: list[
 ANNOTATED_CLASSES = 40  # above this many classes the cells are too small for numbers: top_confusions lists them
 
 
+
+def zero_shot_metrics(features, labels, class_embeddings: np.ndarray, logit_scale: float,
+                      class_names: list[str] | None = None) -> dict:
+    """:func:`classification_metrics` of the zero-shot logits ``logit_scale * X @ W.T`` (what
+    :class:`~zeroshot.heads.ZeroShotClassifier` scores), computed on the arrays alone: a cached evaluation needs
+    NumPy only, not scikit-learn."""
+    return classification_metrics(logit_scale * (np.asarray(features) @ np.asarray(class_embeddings).T), labels,
+                                  class_names)
+
 def top_confusions(cm, class_names: list[str], k: int = 50) -> list[dict]:
     """The ``k`` most frequent mistakes, most images first: true class, predicted class, images, and their
     share of the true class (ties in the order of the matrix)."""

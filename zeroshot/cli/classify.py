@@ -23,12 +23,13 @@ def zero_shot_classifier(args, backbone, dataset_classes=None):
 
 
 def zero_shot_eval(args, backbone, data):
-    """(FeatureSet, fitted zero-shot classifier, CLIP_benchmark metrics with per-class recall) of labelled ``data``."""
-    from ..metrics import classification_metrics
+    """(FeatureSet, class names, CLIP_benchmark metrics with per-class recall) of labelled ``data``; from cached
+    features and text this imports neither torch nor scikit-learn."""
+    from ..metrics import zero_shot_metrics
 
     fs = extract_from_args(args, backbone, data)
-    clf = zero_shot_classifier(args, backbone, fs.classes)
-    return fs, clf, classification_metrics(clf.decision_function(fs.features), fs.labels, clf.class_names_)
+    names, W = class_embeddings_from_args(args, backbone, fs.classes)
+    return fs, names, zero_shot_metrics(fs.features, fs.labels, W, backbone.logit_scale, names)
 
 
 def cmd_extract(args) -> None:
@@ -134,18 +135,18 @@ def cmd_eval(args) -> None:
     data = open_data(args.dataset)
     check_classes(args, data)
     backbone = backbone_from_args(args)
-    fs, clf, metrics = zero_shot_eval(args, backbone, data)
+    fs, names, metrics = zero_shot_eval(args, backbone, data)
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": backbone.name, "fingerprint": backbone.fingerprint, "dataset": str(args.dataset),
-              "card": args.card, "classes": clf.class_names_, "failed": fs.failed, **metrics,
+              "card": args.card, "classes": names, "failed": fs.failed, **metrics,
               "seconds": round(time.perf_counter() - start, 3)}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     with open(out / "top_confusions.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["true", "predicted", "images", "share_of_true"])
         writer.writeheader()
-        writer.writerows(top_confusions(metrics["confusion_matrix"], clf.class_names_))
+        writer.writerows(top_confusions(metrics["confusion_matrix"], names))
     title = f"{run_title(args.card, args.dataset, backbone.name, backbone.fingerprint)}: top-1 {metrics['acc1']:.1%}"
-    plot_confusion_matrix(metrics["confusion_matrix"], clf.class_names_, out / "confusion_matrix.png", title=title,
+    plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png", title=title,
                           normalize=args.normalize)
     print(json.dumps({k: report[k] for k in ("model", "fingerprint", "dataset", "n", "acc1", "acc5",
                                              "mean_per_class_recall", "seconds")}, indent=1))

@@ -179,7 +179,7 @@ class Context:
 def zeroshot_classification(ctx: Context, ds: BenchmarkDataset) -> dict:
     """CB's ``acc1``, ``acc5``, ``mean_per_class_recall``; on a caption folder, its multi-label
     ``mean_average_precision`` over the card's concepts."""
-    from ..metrics import classification_metrics
+    from ..metrics import zero_shot_metrics
 
     if ds.captions:
         from ..prompts import load_card
@@ -193,7 +193,7 @@ def zeroshot_classification(ctx: Context, ds: BenchmarkDataset) -> dict:
                 "excluded_leaked": found["n_excluded"], "failed": len(found["failed"])}
     fs, n_leaked = ctx.labelled(ds.data)
     W = ctx.class_embeddings(ds.card, fs.classes)
-    found = classification_metrics(ctx.backbone.logit_scale * np.asarray(fs.features) @ W.T, fs.labels)
+    found = zero_shot_metrics(fs.features, fs.labels, W, ctx.backbone.logit_scale)
     metrics = {k: found[k] for k in ("acc1", "acc5", "mean_per_class_recall")}
     return {"metrics": metrics, "n": found["n"], "excluded_leaked": n_leaked, "failed": len(fs.failed)}
 
