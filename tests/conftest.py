@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 SHARED_DATA = Path(os.environ.get("ZEROSHOT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-DEFAULT_FINGERPRINT = "cb438070808b1159"  # the shipped default model's (zeroshot/default_model/training.json)
+DEFAULT_FINGERPRINT = "da5502d49bf54daf"  # the shipped default model's (zeroshot/default_model/training.json)
 
 # A small open_clip model: timm's test_resnet image tower (0.4M params) and a 2-layer text transformer.
 TINY_MODEL_CFG = {
