@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import shared
 
@@ -70,3 +71,5 @@ def test_repeated_flickr_photos_keep_their_captions_and_are_positives_of_their_c
     assert span[0] == span[1] and len(span[0]) == 5  # the photo's five captions, in every copy
     assert targets.groups[first + 5] == targets.groups[third + 5] == FLICKR_GROUP + 5
     assert len(np.unique(targets.groups[first:first + 800])) == 800
+    with pytest.raises(ValueError, match="flickr_repeats"):
+        training_set(shared(), ImageTransform(size=32), lambda t: np.zeros((len(t), 4), np.float32), flickr_repeats=0)

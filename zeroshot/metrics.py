@@ -68,10 +68,6 @@ def classification_metrics(scores: np.ndarray, y: np.ndarray, class_names: list[
     }
 
 
-ANNOTATED_CLASSES = 40  # above this many classes the cells are too small for numbers: top_confusions lists them
-
-
-
 def zero_shot_metrics(features, labels, class_embeddings: np.ndarray, logit_scale: float,
                       class_names: list[str] | None = None) -> dict:
     """:func:`classification_metrics` of the zero-shot logits ``logit_scale * X @ W.T`` (what
@@ -79,6 +75,10 @@ def zero_shot_metrics(features, labels, class_embeddings: np.ndarray, logit_scal
     NumPy only, not scikit-learn."""
     return classification_metrics(logit_scale * (np.asarray(features) @ np.asarray(class_embeddings).T), labels,
                                   class_names)
+
+
+ANNOTATED_CLASSES = 40  # above this many classes the cells are too small for numbers: top_confusions lists them
+
 
 def top_confusions(cm, class_names: list[str], k: int = 50) -> list[dict]:
     """The ``k`` most frequent mistakes, most images first: true class, predicted class, images, and their

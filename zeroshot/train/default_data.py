@@ -51,6 +51,8 @@ def training_set(data: str | Path, transform: ImageTransform, encode_texts: Call
     per digit, seeded) one of the digit captions; images of one class are each other's positives. ``flickr_repeats``:
     each Flickr photo appears that many times per epoch (captioned photos are 1.5 % of the images). ``limit``: only
     the first Tiny ImageNet images (smoke runs). ``decoded`` keeps decoded photos between calls (ablations)."""
+    if flickr_repeats < 1:
+        raise ValueError(f"flickr_repeats must be at least 1, got {flickr_repeats}")
     decoded = {} if decoded is None else decoded
     corpus = default_model_captions(Path(data), with_hypernyms=hypernyms)
     if "photos" not in decoded:
