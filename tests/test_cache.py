@@ -273,7 +273,7 @@ def test_atomic_concat_npy_streams_parts_into_one_array(tmp_path):
     assert not list(tmp_path.glob("*y.npy*"))  # nothing half-written is left behind
 
 
-def test_a_files_digest_is_remembered_until_its_size_or_mtime_changes(tmp_path):
+def test_a_files_digest_is_remembered_until_the_file_changes(tmp_path):
     weights, calls = tmp_path / "w.bin", []
     weights.write_bytes(b"abc")
 
@@ -287,6 +287,11 @@ def test_a_files_digest_is_remembered_until_its_size_or_mtime_changes(tmp_path):
     assert remembered_digest(weights, compute) == "digest-abcd" and len(calls) == 2
     os.utime(weights, ns=(1, 1))
     assert remembered_digest(weights, compute) == "digest-abcd" and len(calls) == 3
+    stat = weights.stat()
+    time.sleep(0.05)  # past the file system's clock tick, which may be coarser than a nanosecond
+    weights.write_bytes(b"wxyz")  # same size, and the old times put back: the change time still moved
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert remembered_digest(weights, compute) == "digest-wxyz" and len(calls) == 4
 
 
 def test_a_second_process_fingerprints_the_default_model_without_reading_the_text_weights():

@@ -5,7 +5,7 @@ Layout, under the cache folder (``$ZEROSHOT_CACHE``, else ``~/.cache/zeroshot``)
     <fingerprint>/images/<data key>/   one extraction: a FeatureSet, or the shards of an unfinished one
     <fingerprint>/views/<key>/view-N/  teacher views of a distillation, one FeatureSet per view
     <fingerprint>/text/<digest>.npy    text embeddings (class prompts, captions)
-    hashes/<digest>                    a weights file's SHA-256, by its path, size and mtime (fingerprints)
+    hashes/<digest>                    a weights file's SHA-256, by its path, inode, size and times (fingerprints)
 
 Every ``cache_dir`` argument goes through :func:`resolve_cache_dir`: ``None`` means the default cache, a path
 has ``~`` expanded, and ``False`` means no cache at all. Files are written under a name unique to the writer
@@ -58,11 +58,14 @@ def digest(key, length: int = 16) -> str:
 
 def remembered_digest(path: str | os.PathLike, compute: Callable[[Path], str]) -> str:
     """``compute(path)`` (a file's hash), remembered in the default cache's ``hashes/`` by the file's absolute path,
-    size and modification time, so weights that did not change are not read again to fingerprint a model (the 90 MB
-    text tower, on every load). Where the cache cannot be read or written, it is computed each time."""
+    inode, size, modification and change times, so weights that did not change are not read again to fingerprint a
+    model (the 90 MB text tower, on every load). Any write to the file changes its change time, which no user can
+    set back, so a rewritten file is hashed again. Where the cache cannot be read or written, it is computed each
+    time."""
     path = Path(path).resolve()
     stat = path.stat()
-    memo = default_cache_dir() / "hashes" / digest([str(path), stat.st_size, stat.st_mtime_ns], 32)
+    key = [str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    memo = default_cache_dir() / "hashes" / digest(key, 32)
     with contextlib.suppress(OSError, UnicodeDecodeError):
         return memo.read_text(encoding="ascii")
     value = compute(path)
