@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import shared
 from zeroshot.datasets import (
-    Dataset, FileList, ImageFiles, ImageFolder, NpzArrays, TarShards, expand_shards, open_dataset,
+    ArrayImages, Dataset, FileList, ImageFiles, ImageFolder, NpzArrays, TarShards, expand_shards, open_dataset,
 )
 from zeroshot.images import BadImage, ImageTransform, decode_raw, open_image
 
@@ -475,3 +475,16 @@ def test_pickled_npz_drops_the_image_array(tmp_path):
     clone = copy.deepcopy(ds)  # goes through __getstate__, as a worker's copy does
     assert clone._images is None
     np.testing.assert_array_equal(clone.raw(49), images[49])
+
+
+def test_array_images_are_keyed_by_their_pixels():
+    """Rendered images held in memory: the cache signature changes with any pixel, not just with the name."""
+    pixels = np.zeros((3, 8, 8, 3), np.uint8)
+    images = ArrayImages(pixels, np.array([0, 1, 2]), name="rendered")
+    assert len(images) == 3 and images.raw(1) is not None and images.labels.tolist() == [0, 1, 2]
+    changed = pixels.copy()
+    changed[2, 7, 7, 0] = 1
+    assert images.signature() != ArrayImages(changed, np.array([0, 1, 2]), name="rendered").signature()
+    assert images.signature() == ArrayImages(pixels.copy(), np.array([0, 1, 2]), name="rendered").signature()
+    with pytest.raises(ValueError, match="uint8"):
+        ArrayImages(pixels.astype(np.float32))

@@ -179,6 +179,26 @@ class NpzArrays(Dataset):
         return hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
+class ArrayImages(Dataset):
+    """Images held in memory, (N,H,W,3) uint8 (rendered ones, say); the cache signature digests their pixels, so
+    other pixels under the same ``name`` are never served from the cache."""
+
+    kind = "arrays"
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, *, name: str = "arrays"):
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"{name}: images must be uint8 (N,H,W,C), got {images.dtype} {images.shape}")
+        self.images = images
+        n = len(images)
+        super().__init__([f"{i:06d}" for i in range(n)], np.full(n, -1) if labels is None else labels, None, name)
+
+    def raw(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def _stat_digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()[:16]
+
+
 class TarShards(Dataset):
     """WebDataset shards (``.tar`` or ``.tar.gz``): members grouped by key, an image plus ``.cls`` and/or ``.txt``.
 

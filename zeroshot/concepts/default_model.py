@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train.default_captions import default_model_captions
+from ..train.default_captions import DIGIT_LABEL, shipped_corpus
 from .image_side import image_counts, integrated_counts, tag_images
 from .lemmas import Lemmatiser
 from .matching import Concept, count_corpus
@@ -21,11 +21,12 @@ from .wordnet import label_to_concepts
 def default_model_counts(concepts: list[Concept], *, data: str | Path, mode: str = "all_unigrams",
                          lemmatiser: Lemmatiser | str = "lemminflect", tagger=None) -> tuple[list[dict], dict]:
     """counts.csv rows (text, image and integrated counts per concept, with matched variants and example captions)
-    and their provenance, from the training corpus that ``scripts/train_default_model.py`` builds from ``data``.
+    and their provenance, from the corpus that ``scripts/train_default_model.py`` built from ``data`` with the
+    shipped model's recipe (hypernym captions, Flickr repeats and rendered digits, as its ``training.json`` says).
 
-    The image side comes from the Tiny ImageNet labels through WordNet, or with ``tagger`` (a callable: the corpus
+    The image side comes from the Tiny ImageNet labels and the digits through WordNet, or with ``tagger`` (a callable: the corpus
     -> (n_images, C) bool tags, see :func:`corpus_tags`) from a CLIP tagger over every training image."""
-    corpus = default_model_captions(data)
+    corpus, recipe = shipped_corpus(data)
     draws = corpus.draws_per_epoch()
     index, counts = count_corpus(lambda: zip(corpus.texts, draws.tolist()), concepts, mode=mode,
                                  lemmatiser=lemmatiser, examples=3)
@@ -46,7 +47,7 @@ def default_model_counts(concepts: list[Concept], *, data: str | Path, mode: str
     meta = {"corpus": {"path": "default-model", "format": "scripts/train_default_model.py captions",
                        "data": str(data), "texts": len(corpus.texts), "images": len(corpus),
                        "sha256": hashlib.sha256("\n".join(corpus.texts).encode()).hexdigest(),
-                       "labelled_images": int((corpus.labels >= 0).sum())},
+                       "labelled_images": int((corpus.labels >= 0).sum()), "recipe": recipe},
             "n_captions": len(corpus.texts), "count_unit": "image-caption pairs per training epoch",
             "lemmatiser": index.lemmatiser.name, "lemmatiser_version": index.lemmatiser.version, "mode": mode,
             "image_labels_per_concept": labels}
@@ -70,16 +71,25 @@ def tagged_integrated(corpus, caption_ids: list[np.ndarray], tags: np.ndarray) -
 def corpus_tags(corpus, backbone, concept_embeddings: np.ndarray, threshold: float, *, cache_dir=None,
                 progress: bool = True) -> np.ndarray:
     """(n_images, C) CLIP tags (:func:`~zeroshot.concepts.image_side.tag_images`) of every training image of the
-    default corpus, encoded by ``backbone`` through the feature cache; an image that fails to decode shows nothing."""
-    from ..datasets import ImageFiles
+    default corpus, encoded by ``backbone`` through the feature cache; an image that fails to decode shows nothing.
+    Each Flickr photo's tags are repeated for its copies; the digits are rendered again (the corpus's seed, at
+    the shipped model's 64 pixels) and encoded from memory."""
+    from ..datasets import ArrayImages, ImageFiles
     from ..extraction import extract
+    from ..train.digit_images import digit_images
 
-    tags = np.zeros((len(corpus), len(concept_embeddings)), dtype=bool)
-    offset = 0
-    for dataset in (corpus.tiny_imagenet, ImageFiles(corpus.flickr_paths)):
+    def tags_of(dataset) -> np.ndarray:
         fs = extract(backbone, dataset, cache_dir=cache_dir, progress=progress)
         order = np.argsort(dataset.ids)
-        rows = order[np.searchsorted(np.asarray(dataset.ids)[order], fs.ids)]
-        tags[offset + rows] = tag_images(fs.features, concept_embeddings, threshold)
-        offset += len(dataset)
-    return tags
+        tags = np.zeros((len(dataset), len(concept_embeddings)), dtype=bool)
+        tags[order[np.searchsorted(np.asarray(dataset.ids)[order], fs.ids)]] = tag_images(
+            fs.features, concept_embeddings, threshold)
+        return tags
+
+    flickr = tags_of(ImageFiles(corpus.flickr_paths))
+    parts = [tags_of(corpus.tiny_imagenet), np.tile(flickr, (corpus.flickr_repeats, 1))]
+    if corpus.digits_per_class:
+        pixels, labels = digit_images(corpus.digits_per_class, seed=corpus.digit_seed)
+        order = np.argsort(labels, kind="stable")  # the corpus lists digit images sorted by digit
+        parts.append(tags_of(ArrayImages(pixels[order], DIGIT_LABEL + labels[order], name="rendered digits")))
+    return np.concatenate(parts)

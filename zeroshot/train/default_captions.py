@@ -1,9 +1,11 @@
 """The default model's training captions, built in one place for ``scripts/train_default_model.py`` and for counting
 concepts in the model's own pretraining corpus (``--corpus default-model``).
 
-Training images, in this order: the 50,000 Tiny ImageNet train images (shard order), then the first 800 Flickr8k
-photos (sorted by image id; the last 200 are held out). A Tiny ImageNet image's captions are its class's prompts,
-templates x WordNet synonyms (``classes_detail.json``); a Flickr photo's captions are its own.
+Training images of one epoch, in this order: the 50,000 Tiny ImageNet train images (shard order), the first 800
+Flickr8k photos (sorted by image id; the last 200 are held out), ``flickr_repeats`` times over, then the rendered
+digits sorted by digit. A Tiny ImageNet image's captions are its class's prompts, templates x WordNet synonyms
+(``classes_detail.json``, plus hypernym captions); a Flickr photo's captions are its own; a digit's are
+``digit_captions``. :func:`shipped_corpus` builds it with the shipped model's recipe (its ``training.json``).
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ import numpy as np
 
 from ..datasets import TarShards
 from ..prompts import load_card
+from .digit_images import DIGIT_WORDS, digit_captions
 
 TEMPLATES = load_card("cifar10").templates + [  # generic photo templates + CLIP's 7 forward-selected ImageNet ones
     "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
     "art of the {}.", "a photo of the small {}.", "{}"]
 FLICKR_TRAIN = 800
+DIGIT_LABEL = 200  # label of digit d: 200 + d (Tiny ImageNet classes are 0-199)
 
 
 def flickr_split(data: Path) -> tuple[list[Path], list[list[str]], list[Path], list[list[str]]]:
@@ -38,16 +42,20 @@ def flickr_split(data: Path) -> tuple[list[Path], list[list[str]], list[Path], l
 
 @dataclass(frozen=True)
 class DefaultCorpus:
-    """Training texts and, per training image, the span ``texts[starts[i]:stops[i]]`` it draws one caption from
-    per visit. Images ``0 .. n_tiny-1`` are ``tiny_imagenet`` rows, the rest are ``flickr_paths``."""
+    """Training texts and, per training image of an epoch, the span ``texts[starts[i]:stops[i]]`` it draws one
+    caption from per visit. Images ``0 .. n_tiny-1`` are ``tiny_imagenet`` rows, then ``flickr_repeats`` copies of
+    ``flickr_paths``, then ``digits_per_class`` rendered images of each digit, 0 first."""
 
     texts: list[str]
     starts: np.ndarray
     stops: np.ndarray
-    labels: np.ndarray  # per image: its Tiny ImageNet class, -1 for a Flickr photo
-    class_wnids: list[str]
+    labels: np.ndarray  # per image: its Tiny ImageNet class, -1 for a Flickr photo, DIGIT_LABEL + d for digit d
+    class_wnids: list[str]  # per label (Tiny ImageNet's 200 classes, then the digits' WordNet synsets if any)
     tiny_imagenet: TarShards
     flickr_paths: list[Path]
+    flickr_repeats: int = 1
+    digits_per_class: int = 0
+    digit_seed: int = 0  # the seed the digits were rendered with (training's seed)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,6 +67,12 @@ class DefaultCorpus:
     def image_wnids(self) -> list[str | None]:
         """Per training image, the wnid of its label (None for Flickr photos, which have no label)."""
         return [self.class_wnids[k] if k >= 0 else None for k in self.labels.tolist()]
+
+    def first_image_of(self, labels: np.ndarray) -> np.ndarray:
+        """Per label in ``labels``, the index of the first training image with that label (its captions stand for
+        every image of the label)."""
+        values, first = np.unique(self.labels, return_index=True)
+        return first[np.searchsorted(values, labels)]
 
     def layout(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(offsets, indices)`` of :class:`~zeroshot.train.align.Targets` for the training images ``images``."""
@@ -102,20 +116,40 @@ def hypernym_captions(name: str, wnid: str) -> list[str]:
     return [c for h in hypernyms(wnid) for c in (f"a photo of a {h}.", f"a photo of a {name}, a kind of {h}.")]
 
 
-def default_model_captions(data: str | Path, *, with_hypernyms: bool = False) -> DefaultCorpus:
+def default_model_captions(data: str | Path, *, with_hypernyms: bool = False, flickr_repeats: int = 1,
+                           digits_per_class: int = 0, digit_seed: int = 0) -> DefaultCorpus:
     """The default model's training corpus from the shared data folder (reads the shards' ``.cls`` labels, ~10 s,
-    never an image). ``with_hypernyms`` adds :func:`hypernym_captions` to every Tiny ImageNet class."""
+    never an image). ``with_hypernyms`` adds :func:`hypernym_captions` to every Tiny ImageNet class;
+    ``flickr_repeats`` visits each Flickr photo that often per epoch; ``digits_per_class`` adds that many digit
+    images of each digit (labels ``DIGIT_LABEL + d``, each shown by the WordNet synset of its numeral)."""
+    from ..concepts.wordnet import concept_synset, wnid
+
     data = Path(data)
     tiny = TarShards(data / "tinyimagenet" / "train-{000000..000009}.tar.gz")
     detail = json.loads((data / "tinyimagenet" / "classes_detail.json").read_text())
     flickr_paths, flickr_captions, _, _ = flickr_split(data)
     class_prompts = [[t.format(s.strip()) for s in d["synonyms"].split(",") if s.strip() for t in TEMPLATES]
                      + (hypernym_captions(d["name"], d["wnid"]) if with_hypernyms else []) for d in detail]
-    groups = class_prompts + flickr_captions
+    digits = [digit_captions(d) for d in range(len(DIGIT_WORDS))] if digits_per_class else []
+    groups = class_prompts + flickr_captions + digits
     texts = [text for group in groups for text in group]
     bounds = np.cumsum([0] + [len(g) for g in groups])
-    labels = np.asarray(tiny.labels)
-    owner = np.concatenate([labels, len(class_prompts) + np.arange(len(flickr_captions))])
-    return DefaultCorpus(texts, bounds[owner], bounds[owner + 1],
-                         np.concatenate([labels, np.full(len(flickr_captions), -1)]),
-                         [d["wnid"] for d in detail], tiny, flickr_paths)
+    tiny_labels = np.asarray(tiny.labels)
+    photos = np.tile(np.arange(len(flickr_captions)), flickr_repeats)
+    digit_labels = np.repeat(np.arange(len(digits)), digits_per_class)
+    owner = np.concatenate([tiny_labels, len(class_prompts) + photos,
+                            len(class_prompts) + len(flickr_captions) + digit_labels])
+    labels = np.concatenate([tiny_labels, np.full(len(photos), -1), DIGIT_LABEL + digit_labels])
+    return DefaultCorpus(texts, bounds[owner], bounds[owner + 1], labels,
+                         [d["wnid"] for d in detail] + [wnid(concept_synset(str(d))) for d in range(len(digits))],
+                         tiny, flickr_paths, flickr_repeats, digits_per_class, digit_seed)
+
+
+def shipped_corpus(data: str | Path) -> tuple[DefaultCorpus, dict]:
+    """The shipped default model's corpus, built with the recipe in its ``training.json``, and that recipe."""
+    from ..backbone import DEFAULT_MODEL_DIR
+
+    training = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())
+    recipe = training["recipe"]
+    return default_model_captions(data, with_hypernyms=recipe["hypernyms"], flickr_repeats=recipe["flickr_repeats"],
+                                  digits_per_class=recipe["digits"], digit_seed=training["config"]["seed"]), recipe

@@ -13,8 +13,8 @@ from ..datasets import Dataset, ImageFiles
 from ..extraction import decode_all
 from ..images import ImageTransform
 from .align import Targets
-from .default_captions import default_model_captions
-from .digit_images import digit_captions, digit_images
+from .default_captions import DIGIT_LABEL, default_model_captions
+from .digit_images import digit_images
 
 DIGIT_GROUP = 1000  # contrastive group of a digit image: 1000 + digit (Tiny ImageNet classes are 0-199)
 FLICKR_GROUP = 2000  # of a Flickr photo: 2000 + photo, so its repeated copies are positives of each other
@@ -54,29 +54,26 @@ def training_set(data: str | Path, transform: ImageTransform, encode_texts: Call
     if flickr_repeats < 1:
         raise ValueError(f"flickr_repeats must be at least 1, got {flickr_repeats}")
     decoded = {} if decoded is None else decoded
-    corpus = default_model_captions(Path(data), with_hypernyms=hypernyms)
+    corpus = default_model_captions(Path(data), with_hypernyms=hypernyms, digits_per_class=digits_per_class)
     if "photos" not in decoded:
         tiny = corpus.tiny_imagenet if limit is None else FirstRows(corpus.tiny_imagenet, limit)
         tin, tin_rows, _ = decode_all(tiny, transform)
         flickr, flickr_rows, _ = decode_all(ImageFiles(corpus.flickr_paths), transform)
         decoded["photos"] = (tin, tin_rows, flickr, flickr_rows)
     tin, tin_rows, flickr, flickr_rows = decoded["photos"]
-    kept = np.concatenate([tin_rows, np.tile(len(corpus.tiny_imagenet) + np.asarray(flickr_rows), flickr_repeats)])
-    texts = list(corpus.texts)
-    offsets, indices = corpus.layout(kept)
     photo = np.tile(np.arange(len(flickr_rows)), flickr_repeats)
-    groups = np.concatenate([corpus.labels[tin_rows], FLICKR_GROUP + photo])
+    kept = [tin_rows, len(corpus.tiny_imagenet) + np.asarray(flickr_rows)[photo]]
+    groups = [corpus.labels[tin_rows], FLICKR_GROUP + photo]
     images = [tin, flickr.repeat(flickr_repeats, 1, 1, 1)]
     sources = {"Tiny ImageNet": len(tin), "Flickr8k": len(flickr) * flickr_repeats}
     if digits_per_class:
         pixels, labels = digit_images(digits_per_class, size=transform.size, seed=seed)
-        spans = [digit_captions(d) for d in range(10)]
-        first = len(texts) + np.cumsum([0] + [len(s) for s in spans])[:-1]
-        texts += [c for s in spans for c in s]
-        indices = np.concatenate([indices, *[np.arange(first[d], first[d] + len(spans[d])) for d in labels]])
-        offsets = np.concatenate([offsets, offsets[-1] + np.cumsum([len(spans[d]) for d in labels])])
-        groups = np.concatenate([groups, DIGIT_GROUP + labels])
+        kept.append(corpus.first_image_of(DIGIT_LABEL + labels))
+        groups.append(DIGIT_GROUP + labels)
         images.append(torch.as_tensor(pixels).permute(0, 3, 1, 2).contiguous())
         sources["rendered digits"] = len(pixels)
+    offsets, indices = corpus.layout(np.concatenate(kept))
+    groups = np.concatenate(groups)
+    texts = corpus.texts
     embeddings = torch.as_tensor(np.asarray(encode_texts(texts), np.float32))
     return TrainingSet(torch.cat(images), Targets(embeddings, offsets, indices, groups), texts, sources)
