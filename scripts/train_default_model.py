@@ -6,12 +6,17 @@ captions; the last 200 are held out for evaluation) and, with ``--digits N``, N 
 installed fonts and scikit-learn's ``load_digits``. No CIFAR-10, MNIST, DTD or Tiny ImageNet val image is read here:
 those measure zero-shot transfer.
 
-    python scripts/train_default_model.py --out runs/default --steps 1400 [--hypernyms] [--digits 250] [--seed 0]
+    python scripts/train_default_model.py --out runs/default --steps 1400 [--hypernyms] [--digits 250] [--flickr-repeats 4] [--seed 0]
 
 ``--steps N`` is the run's length: the cosine schedule ends at step N and the final weights are kept, so the command
-and seed fix the result. The shipped model came from the older recipe ``--epochs 9 --minutes 50 --keep best-flickr
---seed 0``: a 9-epoch cosine cut by the time budget at step 1,325, the epoch with the best held-out Flickr recall
-kept; ``--epochs 9 --max-steps 1325 --keep best-flickr`` replays it step for step.
+and seed fix the result. The shipped model (``da5502d49bf54daf``) came from
+
+    python scripts/train_default_model.py --out runs/default-v3 --steps 2500 --hypernyms --digits 250 \
+        --flickr-repeats 4 --seed 0
+
+and its ``training.json`` records that recipe. The model before it came from ``--epochs 9 --minutes 50 --keep
+best-flickr --seed 0`` (a 9-epoch cosine cut by the time budget at step 1,325, the epoch with the best held-out
+Flickr recall kept); ``--epochs 9 --max-steps 1325 --keep best-flickr`` replays it step for step.
 """
 from __future__ import annotations
 
