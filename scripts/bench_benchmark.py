@@ -1,10 +1,11 @@
 """Cold and warm wall time of a whole ``zeroshot benchmark`` grid (issue 18's acceptance), whole processes.
 
-    python scripts/bench_benchmark.py --models default,runs/student-quick/model --output bench/ [--json out.json]
+    python scripts/bench_benchmark.py --models default,runs/student-v3/model --output bench/ [--json out.json]
 
 The cold run starts from an empty feature/text cache (a fresh temporary folder unless --cache-dir is given), so it
 encodes every image and prompt; the warm runs repeat the same command on that cache (no --skip-existing: every
 result is evaluated again, from cached arrays). Then ``zeroshot benchmark build`` writes OUTPUT.csv/.md/.png.
+OUTPUT must hold no earlier results (they would join the table).
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
+    earlier = list(Path(args.output).glob("*.json"))
+    if earlier:
+        sys.exit(f"--output {args.output} already holds {len(earlier)} results, which would join this run's table; "
+                 "give an empty or new folder")
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         cache = args.cache_dir or tmp
         if any(Path(cache).iterdir()):
