@@ -95,7 +95,8 @@ def plot_trend(path: str | os.PathLike, points: list[Mapping], fit: Mapping, *, 
         ax.scatter(np.ones((~seen).sum()), acc[~seen], s=40, marker="X", facecolors="none", edgecolors="tab:red",
                    zorder=3, label=f"never in the corpus ({(~seen).sum()}), shown at 1, "
                                    + ("fitted there" if fit.get("zero_counts") == "as_one" else "not fitted"))
-    grid = np.logspace(0, np.log10(max(counts.max(), 10)), 100)
+    fitted = np.maximum(counts, 1) if fit.get("zero_counts") == "as_one" else counts[seen]
+    grid = np.logspace(np.log10(fitted.min()), np.log10(fitted.max()), 100)  # the line and band span the fitted x
     b0, b1 = fit["intercept"], fit["slope"]
     lo, hi = fit["slope_ci95"]
     x_mean = np.log10(counts[seen]).mean()  # the band pivots at the mean of the fitted x, where the line is surest
@@ -114,7 +115,8 @@ def plot_trend(path: str | os.PathLike, points: list[Mapping], fit: Mapping, *, 
                 linewidth=1, capsize=2, zorder=2,
                 label=f"paper's binned curve (mean ± std per ln-bin{r_text})")
     ax.set_xscale("log")
-    ax.set_xlim(0.5, grid[-1] * 4)  # room for the labels of the first and last concepts
+    ax.set_xlim(0.5, max(counts.max(), 10) * 4)  # room for the labels of the first and last concepts
+    ax.set_ylim(-5, 105)  # accuracies: a wide CI band would stretch the axis far past them
     ax.set_xlabel(X_LABELS[count])
     ax.set_ylabel("zero-shot per-class accuracy (%)")
     ax.set_title(title, fontsize=10)
