@@ -2,6 +2,8 @@
 Spec: methods/ood_scores.md 3."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
@@ -14,6 +16,16 @@ from .ood import ID_TPR, OODDetector
 OFFSET_ROWS = 4096  # training rows whose leave-one-out scores set offset_
 
 
+@dataclass
+class _LeaveOneOut:
+    """The indexed rows whose leave-one-out scores set ``offset_`` (None once used, or when there are none) and
+    that threshold once found: one object, so that finding it on first use changes no attribute of the fitted
+    detector (scikit-learn's rule that predicting leaves the estimator as it was)."""
+
+    rows: np.ndarray | None
+    value: float | None = None
+
+
 class KNN(OODDetector):
     """``score(x) = -||x - nn_k(x)||`` over a faiss index of unit ID features.
 
@@ -22,8 +34,9 @@ class KNN(OODDetector):
     ``k=None`` picks ``clip(round(N / 1000), 1, 1000)`` (the paper's 50 for CIFAR-10, 1000 for ImageNet).
     ``index`` is a faiss ``index_factory`` string: ``"Flat"`` (exact, default) or an approximate one such as
     ``"IVF64,Flat"`` (searched with ``nprobe`` lists) for large banks. ``fraction`` < 1 indexes a seeded random
-    subset of the ID features. The fitted index is saved as faiss's own byte serialisation (``index_bytes_``, made
-    when first asked for: a fit does not pay for it).
+    subset of the ID features. The fitted index is saved as faiss's own byte serialisation (``index_bytes_``), and
+    the ID threshold ``offset_`` comes from a leave-one-out search of up to 4,096 indexed rows; both are made when
+    first asked for (saving, ``predict``), so a fit is the index's add and scoring alone never pays for them.
     """
 
     _fitted_arrays = ("index_bytes_",)
@@ -40,8 +53,8 @@ class KNN(OODDetector):
     @renamed_keywords
     def fit(self, X, y=None, *, class_embeddings=None) -> "KNN":
         """``X``: (N, D) ID training features; ``offset_`` accepts 95 % of their leave-one-out scores (each row
-        scored without itself, as a new sample would be). ``y`` and ``class_embeddings`` are unused (one contract
-        for detectors)."""
+        scored without itself, as a new sample would be; see :attr:`offset_`). ``y`` and ``class_embeddings`` are
+        unused (one contract for detectors)."""
         import faiss
 
         X = unit_rows(X)
@@ -60,10 +73,23 @@ class KNN(OODDetector):
         self.k_ = k
         self.n_features_in_ = X.shape[1]
         self._index, self._index_bytes = index, None
-        self.offset_ = None  # k = N: every indexed row is a neighbour, none is left to score a row without itself
-        if k < len(X):
-            self.offset_ = threshold_at_tpr(self._kth_distance_score(self._offset_sample(X), k + 1), ID_TPR)
+        # no rows when k = N: every indexed row is a neighbour, none is left to score a row without itself
+        self._threshold = _LeaveOneOut(np.array(self._offset_sample(X)) if k < len(X) else None)
         return self
+
+    @property
+    def offset_(self) -> float | None:
+        """The score that accepts 95 % of the ID features' leave-one-out scores, computed on first use from the
+        rows :meth:`fit` kept (None when k is the number of indexed rows)."""
+        found = self._threshold
+        if found.rows is not None:
+            found.value = threshold_at_tpr(self._kth_distance_score(found.rows, self.k_ + 1), ID_TPR)
+            found.rows = None
+        return found.value
+
+    @offset_.setter
+    def offset_(self, value: float | None) -> None:  # a loaded head, or OODDetector.calibrate
+        self._threshold = _LeaveOneOut(None, value)
 
     def _check_fitted(self) -> None:
         check_is_fitted(self, "k_")  # not index_bytes_: probing it would serialise the index

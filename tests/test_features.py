@@ -248,3 +248,22 @@ def test_shard_store_a_damaged_complete_set_is_encoded_again(rng, tmp_path, dama
     reopened.write_shard(0, np.array([0, 1, 2]), f0, {})
     fs = reopened.finish(1, np.zeros(3, int), ["a", "b", "c"], {"fingerprint": "fp-a"})
     np.testing.assert_array_equal(fs.features, f0)
+
+
+def test_unit_rows_checks_and_normalises_in_one_pass(rng):
+    """The squared norms find NaN and inf too; rows so large that their squares overflow float32 still normalise."""
+    import warnings
+
+    from zeroshot.features import unit_rows as checked_unit_rows
+
+    X = rng.standard_normal((6, DIM)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "not unit length": these rows are not
+        np.testing.assert_allclose(np.linalg.norm(checked_unit_rows(X), axis=1), 1, rtol=1e-6)
+        huge = X * np.float32(1e30)
+        np.testing.assert_allclose(checked_unit_rows(huge), checked_unit_rows(X), rtol=1e-5)
+    for bad in (np.nan, np.inf):
+        X_bad = X.copy()
+        X_bad[3, 5] = bad
+        with pytest.raises(ValueError, match="NaN or inf in 1 rows"):
+            checked_unit_rows(X_bad)

@@ -74,13 +74,18 @@ def rows_look_unit(X: np.ndarray, *, sampled: bool = False) -> bool:
 
 
 def unit_rows(X, *, dim: int | None = None, name: str = "X", sampled: bool = False) -> np.ndarray:
-    """Checked C-contiguous float32 rows, normalised; warns when inputs were not unit length (> 1e-3 off).
+    """Checked C-contiguous float32 rows, normalised; warns when inputs were not unit length (> 1e-3 off). The
+    norms and the finiteness check are one pass over X (a NaN or inf makes its row's sum of squares one).
     ``sampled``: trust rows whose sample of norms reads unit (:func:`rows_look_unit`; features are unit rows from
     extraction on) and only check every norm when it does not."""
-    X = check_features(X, dim=dim, name=name)
+    X = check_features(X, dim=dim, name=name, finite=sampled)
     if sampled and rows_look_unit(X, sampled=True):
         return np.ascontiguousarray(X)
-    norms = np.linalg.norm(X, axis=1)
+    squares = np.einsum("ij,ij->i", X, X)  # one pass: the squared norms, NaN or inf in every row that holds one
+    if not np.isfinite(squares).all():
+        check_features(X, name=name)  # names the rows holding NaN or inf; finite rows that overflowed float32 pass
+        squares = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    norms = np.sqrt(squares)
     if (norms == 0).any():
         raise ValueError(f"{name} has all-zero rows, which have no direction to search by")
     if np.abs(norms - 1).max(initial=0) > NORM_TOLERANCE:
