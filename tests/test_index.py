@@ -458,3 +458,17 @@ def test_captions_are_saved_grouped_by_image(data, tmp_path, rng):
         index.set_captions(["nope"], ["x"], features[:1])
     with pytest.raises(ValueError, match="one of each per caption"):
         index.set_captions(owners, ["x"], features)
+
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_repeated_adds_keep_refusing_known_ids(rng, kind):
+    """add checks new ids against the ids kept sorted across adds, for integer and string ids alike."""
+    index = Index(D)
+    make = (lambda a: a) if kind == "int" else (lambda a: np.char.add("img", a.astype(str)))
+    for start in (30, 0, 60):  # out of order: the sorted ids are merged, not appended
+        index.add(unit_rows(rng.standard_normal((30, D))), make(np.arange(start, start + 30)))
+    assert len(index) == 90 and index.ids[:2].tolist() == make(np.array([30, 31])).tolist()
+    with pytest.raises(ValueError, match="1 are already in the index"):
+        index.add(unit_rows(rng.standard_normal((2, D))), make(np.array([95, 59])))
+    index.add(unit_rows(rng.standard_normal((1, D))), make(np.array([95])))
+    assert index.positions(make(np.array([95])))[0] == 90

@@ -267,6 +267,19 @@ def add_chunk(faiss_index, X: np.ndarray, start: int, stop: int, skip: np.ndarra
     return chunk_neighbours(queries, rows, k)
 
 
+def reserve_rows(faiss_index, n: int) -> None:
+    """Room for ``n`` more rows in a flat-coded index (Flat, SQ, PQ) at once: added chunk by chunk, its code array
+    would grow, and be copied, again and again (``scripts/bench_index_memory.py`` times it). Other indexes (IVF
+    lists, HNSW) are left as they are."""
+    import faiss
+
+    index = faiss.downcast_index(faiss_index)
+    if isinstance(index, faiss.IndexFlatCodes) and n > 0:
+        size = index.codes.size()
+        index.codes.resize(size + n * index.code_size)  # std::vector keeps its capacity when it shrinks back
+        index.codes.resize(size)
+
+
 def exact_search(X, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force (similarities, positions) of the k most similar rows of X, best first (the reference), chunk
     by chunk, so that X may be larger than memory."""
@@ -409,6 +422,7 @@ class Index:
         self.params: dict[str, float] = {}
         self.tuned_recall: float | None = None
         self._positions: dict | None = None
+        self._sorted_ids: np.ndarray | None = None  # made by the first add, then kept sorted (see _known)
 
     def __len__(self) -> int:
         return int(self.faiss_index.ntotal)
@@ -448,7 +462,8 @@ class Index:
         if factory == "auto":
             factory = choose_factory(n, d, max_memory)
         check_factory(factory, n, d)
-        ids, paths = _ids_array(np.arange(n) if ids is None else ids, n), _paths_array(paths, n)
+        ids = np.arange(n, dtype=np.int64) if ids is None else _ids_array(ids, n)  # positions are unique already
+        paths = _paths_array(paths, n)
         index = cls(d, factory, fingerprint=fingerprint, backbone=backbone)
         if engine == "ray":
             from ..engines.index import check_mergeable
@@ -461,7 +476,9 @@ class Index:
         k = min(check_k(k), n - len(held))
         exact = index._add_chunks(X, chunk_plan(n, held), queries, k, engine=engine, address=address,
                                   num_workers=num_workers)
-        order = np.concatenate([np.setdiff1d(np.arange(n), held), held])  # faiss position -> row of X
+        kept = np.ones(n, bool)
+        kept[held] = False
+        order = np.concatenate([np.flatnonzero(kept), held])  # faiss position -> row of X
         if tuning:
             index._tune(X, queries, exact[:, k - 1], k=k, target_recall=target_recall, rows=order)
         index.faiss_index.add(queries)  # the tuning queries join the index last: held out while they tuned it
@@ -491,7 +508,7 @@ class Index:
         if len(self.ids) and ids.dtype.kind != self.ids.dtype.kind:
             raise ValueError(f"ids must all be {'integers' if self.ids.dtype.kind == 'i' else 'strings'}, like the "
                              "ids already in the index")
-        known = np.isin(ids, self.ids)
+        known = self._known(ids)
         if known.any():
             raise ValueError(f"ids must be unique; {np.count_nonzero(known)} are already in the index, e.g. "
                              f"{ids[known][:3].tolist()}")
@@ -514,6 +531,7 @@ class Index:
                     address: str | None = None, num_workers: int | None = None) -> np.ndarray:
         """Add X's rows chunk by chunk per ``plan`` (:func:`chunk_plan`), here or on Ray; return the exact top-k
         similarities of ``queries`` among the rows added, best first."""
+        reserve_rows(self.faiss_index, sum(stop - start - len(skip) for start, stop, skip in plan) + len(queries))
         if engine == "ray":
             from ..engines.index import add_chunks_on_ray
 
@@ -525,6 +543,14 @@ class Index:
             top.add(sims, positions, offset=added)
             added += stop - start - len(skip)
         return top.result()[0]
+
+    def _known(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` the index already holds: binary searches in its ids kept sorted across adds (an add of
+        m rows to N costs m log N and one merge, not a sort of all N + m ids)."""
+        if self._sorted_ids is None:
+            self._sorted_ids = np.sort(self.ids)
+        at = np.minimum(np.searchsorted(self._sorted_ids, ids), max(len(self._sorted_ids) - 1, 0))
+        return self._sorted_ids[at] == ids if len(self._sorted_ids) else np.zeros(len(ids), bool)
 
     def _append(self, ids: np.ndarray, paths: np.ndarray | None) -> None:
         """Record the ids and image paths of rows just added to the faiss index, in the order they were added."""
@@ -539,6 +565,9 @@ class Index:
             self.paths = np.concatenate([old, paths if paths is not None else np.full(len(ids), "")])
         self.ids = np.concatenate([self.ids, ids]) if len(self.ids) else ids
         self._positions = None
+        if self._sorted_ids is not None:  # two sorted runs: the stable sort (timsort, radix) merges them in one pass
+            runs = [self._sorted_ids, np.sort(ids)] if len(self._sorted_ids) else [np.sort(ids)]
+            self._sorted_ids = np.sort(np.concatenate(runs), kind="stable")
         ivf = faiss.try_extract_index_ivf(self.faiss_index)
         if ivf is not None:
             ivf.make_direct_map()  # lets vectors() reconstruct rows for image-by-id queries; kept up by later adds
@@ -742,6 +771,7 @@ class Index:
         index.paths = None if stored is None else np.array([os.path.join(base, p) if p else "" for p in stored], str)
         index.roots = [os.path.normpath(os.path.join(base, root)) for root in manifest["roots"]]
         index.params, index.tuned_recall, index._positions = {}, manifest.get("tuned_recall"), None
+        index._sorted_ids = None
         index.set_params(**manifest["params"])
         captions = json.loads((folder / files["captions"]).read_text()) if files.get("captions") else None
         if captions is None:
