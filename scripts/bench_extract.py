@@ -2,8 +2,10 @@
 
 Workload (a): ViT-B-32 (random weights: throughput only) on 2,000 CIFAR-10 test images, forward-bound.
 Workload (b): a small model (timm resnet18 tower at 64 px + all-MiniLM-L6-v2 text tower, untrained) on the DTD-10
-and Flickr8k JPEG folders, decode-bound. Then cold vs warm `zeroshot eval` on CIFAR-10 test (10,000 images) with
-``--eval-model`` (the shipped default model unless named).
+and Flickr8k JPEG folders, decode-bound; with each row the ceiling of any schedule on this machine's cores (each
+image's decode, timed alone, plus its forward in the cheapest thread count, in core-seconds, no core idle). Run it
+with and without ``OMP_WAIT_POLICY=PASSIVE``: the variable applies to the plain loop and ours alike. Then cold vs warm
+`zeroshot eval` on CIFAR-10 test (10,000 images) with ``--eval-model`` (the shipped default model unless named).
 
     python scripts/bench_extract.py [--data ../shared/data] [--workloads a,b,eval] [--eval-model M] [--json out.json]
 """
@@ -18,12 +20,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import torch
 from PIL import Image
 
 import zeroshot
+from zeroshot import extraction
 from zeroshot.backbone import create_untrained_folder, timm_text_pair_config
 from zeroshot.datasets import NpzArrays, open_dataset
 
@@ -55,6 +59,33 @@ def model_only(encode, size: int, n_batches: int, dtype=torch.uint8) -> float:
     for _ in range(n_batches):
         encode(x)
     return n_batches * BATCH / (time.perf_counter() - start)
+
+
+def decode_only(backbone, dataset) -> float:
+    """Images/s of our decoding alone (open, decode, resize, crop to uint8) in this one thread: the work a decode
+    worker does per image."""
+    from zeroshot.images import decode_raw
+
+    start = time.perf_counter()
+    for i in range(len(dataset)):
+        decode_raw(dataset.raw(i), backbone.transform)
+    return len(dataset) / (time.perf_counter() - start)
+
+
+def forward_threads(encode, threads: int) -> float:
+    """Model-only images/s with ``threads`` torch threads (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return model_only(encode, 64, 30)
+    finally:
+        torch.set_num_threads(before)
+
+
+def ceiling(decode_rate: float, forward_rates: dict[int, float], cores: int) -> float:
+    """The most images/s any schedule can reach on ``cores`` cores: each image costs its decode (one core) plus its
+    forward in the cheapest mode, in core-seconds (t threads at r img/s cost t / r), and no core ever idles."""
+    return cores / (1 / decode_rate + min(t / r for t, r in forward_rates.items()))
 
 
 def ours(backbone, dataset, **kwargs) -> float:
@@ -112,20 +143,31 @@ def workload_b(data: Path, model_dir: Path) -> list[dict]:
     with torch.inference_mode():
         plain_bound = model_only(lambda x: model.encode_image(x), 64, 30, dtype=torch.float32)
     bound = model_only(backbone.encode_images, 64, 30)
+    cores = min(os.cpu_count() or 1, torch.get_num_threads())
+    forward = {t: forward_threads(backbone.encode_images, t) for t in range(1, cores + 1)}
     print(f"# model-only: plain open_clip module {plain_bound:.0f} img/s, ours (channels_last, conv+BN folded) "
-          f"{bound:.0f} img/s", flush=True)
+          f"{bound:.0f} img/s; ours by torch threads: "
+          + ", ".join(f"{t}: {r:.0f} img/s" for t, r in forward.items())
+          + f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
     rows = []
     for folder in ("dtd10/all", "flickr8k_1k/images"):
         dataset = open_dataset(data / folder)
-        rates = {"plain": [], "exact": [], "draft": []}
+        rates = {"plain": [], "exact": [], "draft": [], "one stream": []}
         for _ in range(REPEATS):  # interleaved rounds, median: these runs last seconds, so noise matters
             rates["plain"].append(plain_loop(model, preprocess, dataset, len(dataset)))
             rates["exact"].append(ours(backbone, dataset))
             rates["draft"].append(ours(draft, dataset))
-        plain, exact, fast = (float(np.median(rates[k])) for k in ("plain", "exact", "draft"))
+            with patch.object(extraction, "cpu_streams", lambda: 1):  # as before issue 22: one batch at a time
+                rates["one stream"].append(ours(backbone, dataset))
+        plain, exact, fast, single = (float(np.median(rates[k])) for k in ("plain", "exact", "draft", "one stream"))
         name = f"b: resnet18@64, {folder} x{len(dataset)}, median of {REPEATS}"
-        rows.append(row(name, plain, exact, bound, decode="exact", fingerprint=backbone.fingerprint))
-        rows.append(row(name, plain, fast, bound, decode="draft", fingerprint=draft.fingerprint))
+        rows.append(row(name, plain, single, bound, decode="exact, one stream", fingerprint=backbone.fingerprint))
+        for decoder, rate in ((backbone, exact), (draft, fast)):
+            decoding = decode_only(decoder, dataset)
+            top = ceiling(decoding, forward, cores)
+            rows.append(row(name, plain, rate, bound, decode=decoder.transform.decode, fingerprint=decoder.fingerprint,
+                            decode_only_img_s=round(decoding, 1), ceiling_img_s=round(top, 1),
+                            ceiling_vs_plain=round(top / plain, 3)))
     return rows
 
 

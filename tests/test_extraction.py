@@ -202,3 +202,25 @@ def test_cli_extract_saves_a_loadable_feature_set(tiny_model_dir, cifar_slice, t
     assert summary["n"] == 240 and summary["dim"] == 32 and summary["failed"] == {}
     saved = FeatureSet.load(tmp_path / "fs", fingerprint=summary["fingerprint"])
     assert saved.features.shape == (240, 32) and saved.classes[0] == "airplane"
+
+
+def test_cpu_streams_encode_the_same_features_in_order(tiny_backbone):
+    """Batches encoded on several threads at once come back in order, as one stream encodes them up to float
+    rounding (a single-threaded kernel may sum in another order), failures kept; the torch thread count is restored."""
+    import torch
+
+    from zeroshot.extraction import encode_unit
+
+    generator = torch.Generator().manual_seed(0)
+    size = tiny_backbone.transform.size
+    batches = [(torch.randint(0, 255, (n, 3, size, size), dtype=torch.uint8, generator=generator),
+                np.arange(start, start + n), [(start + n, "bad")]) for start, n in ((0, 5), (6, 3), (10, 7))]
+    batches.insert(1, (None, np.zeros(0, np.int64), [(18, "unreadable")]))
+    ids = [f"i{k}" for k in range(20)]
+    threads = torch.get_num_threads()
+    one = encode_unit(tiny_backbone, iter(batches), ids)
+    two = encode_unit(tiny_backbone, iter(batches), ids, streams=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_allclose(one[1], two[1], atol=1e-5)
+    assert one[2] == two[2] == {"i5": "bad", "i9": "bad", "i17": "bad", "i18": "unreadable"}
+    assert torch.get_num_threads() == threads
