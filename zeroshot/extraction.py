@@ -196,6 +196,12 @@ def encode_unit(backbone: Backbone, decoded, ids: list[str], *, skip: bool = Fal
     return np.concatenate(rows), np.concatenate(features), failed
 
 
+def streams_for(backbone: Backbone) -> int:
+    """How many batches ``backbone`` encodes at once: 1 on a GPU, :func:`cpu_streams` on CPU (both engines, so that
+    a Ray actor and a local run with the same threads compute the same bytes)."""
+    return 1 if str(backbone.device).startswith("cuda") else cpu_streams()
+
+
 def cpu_streams() -> int:
     """How many batches CPU extraction encodes at once: one per torch thread, at most 4. Independent forward passes
     keep every core busy while the decode workers take their share, where one multi-threaded pass waits at every
@@ -262,7 +268,7 @@ def _encode_missing(store: ShardStore, plan: ShardPlan, backbone: Backbone, data
     bar = progress_bar(total=plan.n, initial=plan.n - sum(len(plan.rows(s)) for s in order), enabled=progress,
                        desc=f"encoding {Path(dataset.location).name}")
     decoded = iter(loader)
-    streams = 1 if on_gpu else cpu_streams()
+    streams = streams_for(backbone)
     for shard in order:
         if store.complete:  # another process joined every shard: nothing left to do
             break

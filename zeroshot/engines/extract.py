@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..backbone import Backbone
 from ..datasets import Dataset, ShardPlan
-from ..extraction import DecodedImages, collate_decoded, encode_unit, progress_bar, work_order
+from ..extraction import DecodedImages, collate_decoded, encode_unit, progress_bar, streams_for, work_order
 from ..features import ShardStore
 from .session import ray_session
 
@@ -51,7 +51,8 @@ class UnitEncoder:
         """``(shard, rows, features, failed)`` for one unit; ``shared`` = [backbone ref, dataset ref]."""
         if self.backbone is None:
             self._load(shared)
-        return (shard, *encode_unit(self.backbone, self.pool.map(self._decode, batches), self.dataset.ids))
+        return (shard, *encode_unit(self.backbone, self.pool.map(self._decode, batches), self.dataset.ids,
+                                    streams=streams_for(self.backbone)))
 
 
 def worker_shape(resources: dict, workers: int | None, gpus_per_worker: float) -> tuple[int, int]:
