@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL_CFG, shared
-from zeroshot import check_same_space, load_backbone
+from zeroshot import check_same_space, class_embeddings, extract, load_backbone
 from zeroshot.train.distill import distill, ridge_projection
 from zeroshot.heads import ZeroShotClassifier, load_head
 
@@ -104,7 +104,19 @@ def test_a_killed_distillation_resumes_and_skips_a_corrupt_image(tiny_backbone, 
     assert report["images"] == 40
 
 
-def test_students_with_a_conv_head_after_pooling_are_refused(tiny_backbone, tmp_path):
-    with pytest.raises(ValueError, match="conv head after pooling"):
-        distill(tiny_backbone, shared("dtd10", "all"), tmp_path, student="mobilenetv3_small_050", epochs=1,
-                cache_dir=tmp_path / "cache", progress=False)
+def test_a_student_with_a_conv_head_after_pooling_works_with_the_teachers_classes(tiny_backbone, tmp_path):
+    """issue 20: MobileNetV3 widens its pooled features in a conv head (288 -> 1024 at width 0.5); the projection
+    is sized from that width, so the saved student loads, encodes and classifies with the teacher's embeddings."""
+    data = tmp_path / "data.npz"
+    with np.load(shared("cifar10", "train.npz"), allow_pickle=False) as z:
+        np.savez(data, images=z["images"][:64], labels=z["labels"][:64])
+    student = distill(tiny_backbone, data, tmp_path / "run", student="mobilenetv3_small_050", views=1, epochs=1,
+                      batch_size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert student.model.visual.head.proj.in_features == student.model.visual.trunk.head_hidden_size == 1024
+    reloaded = load_backbone(tmp_path / "run" / "model")
+    features = np.asarray(extract(reloaded, data, cache_dir=False, progress=False).features)
+    assert features.shape == (64, tiny_backbone.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, rtol=1e-4)
+    W = class_embeddings(tiny_backbone, ["cat", "truck"], ["a photo of a {}."], cache_dir=False)
+    check_same_space(reloaded, tiny_backbone)
+    assert ZeroShotClassifier().fit(class_embeddings=W).predict(features).shape == (64,)

@@ -337,7 +337,23 @@ def build_model(model_cfg: dict, *, text_weights: bool = False):
     custom_text = "hf_model_name" in text_cfg or model_cfg.get("custom_text", False)
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     with quiet_model_loading():
-        return cls(**{k: v for k, v in model_cfg.items() if k not in ("custom_text", "text_cfg")}, text_cfg=text_cfg)
+        model = cls(**{k: v for k, v in model_cfg.items() if k not in ("custom_text", "text_cfg")}, text_cfg=text_cfg)
+    fit_timm_projection(model.visual)
+    return model
+
+
+def fit_timm_projection(visual) -> None:
+    """Size an open_clip timm tower's linear projection from the width its trunk really outputs. open_clip takes
+    ``trunk.num_features``, but a trunk with a conv head after pooling (MobileNetV3, LCNet, GhostNet, MobileNetV4)
+    widens its pooled features to ``head_hidden_size`` (576 -> 1024 for mobilenetv3_small_100), and the projection
+    would then not fit its input. Other towers are left as they are."""
+    import torch
+
+    trunk, head = getattr(visual, "trunk", None), getattr(visual, "head", None)
+    proj = getattr(head, "proj", None)
+    pooled = getattr(trunk, "head_hidden_size", None)
+    if isinstance(proj, torch.nn.Linear) and pooled and proj.in_features != pooled:
+        head.proj = torch.nn.Linear(pooled, proj.out_features, bias=proj.bias is not None)
 
 
 def _make_tokenizer(model_cfg: dict, fallback_name: str):

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import (
-    CONFIG_FILE, Backbone, build_model, load_backbone, save_backbone_folder, text_tower_from_package,
+    CONFIG_FILE, Backbone, build_model, fit_timm_projection, load_backbone, save_backbone_folder,
+    text_tower_from_package,
 )
 from ..cache import resolve_cache_dir, touch_last_used, views_entry
 from ..datasets import Dataset, open_dataset
@@ -47,17 +48,14 @@ def ridge_projection(features: torch.Tensor, targets: torch.Tensor, ridge: float
 
 
 def student_tower(student: str, embed_dim: int, image_size: int):
-    """open_clip's timm tower (trunk + linear projection); refuses trunks it would project wrongly."""
+    """open_clip's timm tower (trunk + linear projection), the projection sized from the trunk's real output width
+    (:func:`~zeroshot.backbone.fit_timm_projection`): any timm model name works as a student."""
     from open_clip.timm_model import TimmModel
 
     from .. import students  # noqa: F401  (registers our student architectures with timm)
 
     tower = TimmModel(student, embed_dim=embed_dim, image_size=image_size, pool="avg", proj="linear")
-    pooled_width = getattr(tower.trunk, "head_hidden_size", None) or tower.trunk.num_features
-    if pooled_width != tower.trunk.num_features:
-        raise ValueError(f"{student} has a conv head after pooling ({tower.trunk.num_features} -> {pooled_width} "
-                         "features), which open_clip's timm tower does not project correctly; choose a student "
-                         f"without one, e.g. {DEFAULT_STUDENT}, mobilenetv2_050 or resnet10t")
+    fit_timm_projection(tower)
     return tower
 
 
