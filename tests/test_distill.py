@@ -120,3 +120,9 @@ def test_a_student_with_a_conv_head_after_pooling_works_with_the_teachers_classe
     W = class_embeddings(tiny_backbone, ["cat", "truck"], ["a photo of a {}."], cache_dir=False)
     check_same_space(reloaded, tiny_backbone)
     assert ZeroShotClassifier().fit(class_embeddings=W).predict(features).shape == (64,)
+
+
+def test_a_misspelt_student_name_is_refused_with_suggestions(tiny_backbone, tmp_path):
+    with pytest.raises(ValueError, match="did you mean mobilenetv3_small_100"):
+        distill(tiny_backbone, shared("dtd10", "all"), tmp_path, student="mobilenetv3_smal_100", epochs=1,
+                cache_dir=tmp_path / "cache", progress=False)

@@ -10,6 +10,7 @@ The result is a model folder holding the student image tower and the teacher's t
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -52,8 +53,14 @@ def student_tower(student: str, embed_dim: int, image_size: int):
     (:func:`~zeroshot.backbone.fit_timm_projection`): any timm model name works as a student."""
     from open_clip.timm_model import TimmModel
 
+    import timm
+
     from .. import students  # noqa: F401  (registers our student architectures with timm)
 
+    if not timm.is_model(student):
+        close = difflib.get_close_matches(student, timm.list_models(), n=3)
+        raise ValueError(f"--student {student!r} is not a timm model name"
+                         + (f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"))
     tower = TimmModel(student, embed_dim=embed_dim, image_size=image_size, pool="avg", proj="linear")
     fit_timm_projection(tower)
     return tower
