@@ -24,8 +24,9 @@ def default_model_counts(concepts: list[Concept], *, data: str | Path, mode: str
     and their provenance, from the corpus that ``scripts/train_default_model.py`` built from ``data`` with the
     shipped model's recipe (hypernym captions, Flickr repeats and rendered digits, as its ``training.json`` says).
 
-    The image side comes from the Tiny ImageNet labels and the digits through WordNet, or with ``tagger`` (a callable: the corpus
-    -> (n_images, C) bool tags, see :func:`corpus_tags`) from a CLIP tagger over every training image."""
+    The image side comes from the Tiny ImageNet labels and the digits through WordNet, or with ``tagger`` (a
+    callable: the corpus -> (n_images, C) bool tags, see :func:`corpus_tags`) from a CLIP tagger over every training
+    image."""
     corpus, recipe = shipped_corpus(data)
     draws = corpus.draws_per_epoch()
     index, counts = count_corpus(lambda: zip(corpus.texts, draws.tolist()), concepts, mode=mode,
