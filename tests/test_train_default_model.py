@@ -35,7 +35,8 @@ def test_a_tiny_run_is_reproducible_bit_for_bit(tmp_path, monkeypatch):
 
 def test_the_training_set_pairs_each_source_with_its_captions():
     from zeroshot.images import ImageTransform
-    from zeroshot.train.default_data import DIGIT_GROUP, training_set
+    from zeroshot.train.default_captions import DIGIT_LABEL
+    from zeroshot.train.default_data import training_set
 
     texts_seen = []
 
@@ -48,9 +49,9 @@ def test_the_training_set_pairs_each_source_with_its_captions():
     assert len(train.images) == 840 and train.images.dtype.is_floating_point is False
     targets = train.targets
     digit_rows = np.arange(820, 840)
-    assert set(targets.groups[digit_rows] - DIGIT_GROUP) == set(range(10))
+    assert set(targets.groups[digit_rows] - DIGIT_LABEL) == set(range(10))
     drawn = [train.texts[i] for i in targets.draw(digit_rows, np.random.default_rng(0))]
-    digits = targets.groups[digit_rows] - DIGIT_GROUP
+    digits = targets.groups[digit_rows] - DIGIT_LABEL
     assert all(str(d) in t or t.endswith(w) for d, t, w in zip(digits, drawn, [
         ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][d] for d in digits]))
     tiny_texts = [train.texts[i] for i in targets.indices[targets.offsets[0]:targets.offsets[1]]]

@@ -16,8 +16,8 @@ from .align import Targets
 from .default_captions import DIGIT_LABEL, default_model_captions
 from .digit_images import digit_images
 
-DIGIT_GROUP = 1000  # contrastive group of a digit image: 1000 + digit (Tiny ImageNet classes are 0-199)
-FLICKR_GROUP = 2000  # of a Flickr photo: 2000 + photo, so its repeated copies are positives of each other
+FLICKR_GROUP = 2000  # contrastive group of a Flickr photo: 2000 + photo, so its repeated copies are positives of
+# each other (other images' groups are their corpus labels: Tiny ImageNet classes 0-199, digits DIGIT_LABEL + d)
 
 
 class FirstRows(Dataset):
@@ -68,8 +68,9 @@ def training_set(data: str | Path, transform: ImageTransform, encode_texts: Call
     sources = {"Tiny ImageNet": len(tin), "Flickr8k": len(flickr) * flickr_repeats}
     if digits_per_class:
         pixels, labels = digit_images(digits_per_class, size=transform.size, seed=seed)
-        kept.append(corpus.first_image_of(DIGIT_LABEL + labels))
-        groups.append(DIGIT_GROUP + labels)
+        digit_rows = corpus.first_image_of(DIGIT_LABEL + labels)
+        kept.append(digit_rows)
+        groups.append(corpus.labels[digit_rows])
         images.append(torch.as_tensor(pixels).permute(0, 3, 1, 2).contiguous())
         sources["rendered digits"] = len(pixels)
     offsets, indices = corpus.layout(np.concatenate(kept))
