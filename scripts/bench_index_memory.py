@@ -17,16 +17,10 @@ import time
 import numpy as np
 
 
-def rss_mib() -> float:
-    """This process's resident memory now, from /proc (MiB)."""
+def status_mib(field: str) -> float:
+    """A memory field of this process from /proc/self/status (VmRSS: resident now, VmHWM: peak), in MiB."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
-def peak_mib() -> float:
-    """This process's peak resident memory since the last :func:`reset_peak` (VmHWM, MiB)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
 
 
 def reset_peak() -> None:
@@ -43,12 +37,12 @@ def child(build: str, rows: int, dim: int, clusters: int, noise: float, seed: in
     from zeroshot.retrieval.index import TRAIN_PER_LIST, Index, choose_factory, gather_rows, seeded_rows
 
     faiss.omp_set_num_threads(2)
-    imports = rss_mib()
+    imports = status_mib("VmRSS")
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     X = clustered(rows, centres, noise, rng, chunk=10_000)
-    with_data = rss_mib()
+    with_data = status_mib("VmRSS")
     reset_peak()
     start = time.perf_counter()
     if build.startswith("faiss-"):
@@ -62,7 +56,7 @@ def child(build: str, rows: int, dim: int, clusters: int, noise: float, seed: in
         built = Index.build(X, factory=build, seed=seed)
         factory, index = built.factory, built.faiss_index
     seconds = time.perf_counter() - start
-    above = peak_mib() - imports  # before serialising, which copies the index
+    above = status_mib("VmHWM") - imports  # before serialising, which copies the index
     index_bytes = faiss.serialize_index(index).nbytes
     matrix = X.nbytes / 2**20
     return {"build": build, "factory": factory, "rows": rows, "seconds": round(seconds, 1),

@@ -2,7 +2,7 @@
 
 Side by side on the default model's features: ``LinearProbe()`` as shipped (every search fit from zero, scikit-learn's
 lbfgs, then one final fit at the chosen C) against the same bracket search where each fit starts from the solution
-at the nearest C already fitted (``LogisticRegression(warm_start=True)``), the coarse pass run from the strongest
+at the nearest C already fitted (``LogisticRegression(warm_start=True)``), the coarse grid fitted from the strongest
 regularisation down so that it walks the regularisation path. Both use the same validation split, the same final
 cold fit at their chosen C, and report wall seconds, the chosen C, test top-1 and the L-BFGS iterations per fit.
 
@@ -25,13 +25,13 @@ import zeroshot
 from zeroshot.evaluation.fewshot import sample_shots
 from zeroshot.heads import LinearProbe
 from zeroshot.heads._fewshot import carve_validation
-from zeroshot.heads.linear_probe import LAMBDAS, SPANS
+from zeroshot.heads.linear_probe import LAMBDAS, bracket_search
 
 
 def warm_search(X, y, X_val, y_val, max_iter: int = 1000, tol: float = 1e-4) -> tuple[float, dict[int, int]]:
-    """The shipped bracket search (every 16th weight decay, then spans 8, 4, 2, 1 around the best; ties keep the
-    weaker regularisation), each fit started at its nearest fitted neighbour. Returns (chosen C, iterations per
-    grid index)."""
+    """The shipped :func:`bracket_search`, each fit started at its nearest fitted neighbour, the coarse grid fitted
+    first from the strongest regularisation down (the search then finds those scores fitted). Returns (chosen C,
+    iterations per grid index)."""
     solutions, scores, iterations = {}, {}, {}
 
     def score(j: int) -> float:
@@ -44,16 +44,10 @@ def warm_search(X, y, X_val, y_val, max_iter: int = 1000, tol: float = 1e-4) -> 
             scores[j] = float((model.predict(X_val) == y_val).mean())
         return scores[j]
 
-    def best(indices) -> int:
-        for j in indices:
-            score(j)
-        return max(sorted(set(indices)), key=lambda j: (scores[j], -j))
-
-    n = len(LAMBDAS)
-    p = best(range(0, n, 16)[::-1])
-    for span in SPANS:
-        p = best([max(p - span, 0), p, min(p + span, n - 1)])
-    return 1 / LAMBDAS[p], iterations
+    for j in range(0, len(LAMBDAS), 16)[::-1]:  # walk the regularisation path: strongest first
+        score(j)
+    best, _ = bracket_search(score)
+    return 1 / LAMBDAS[best], iterations
 
 
 def main() -> None:
