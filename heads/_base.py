@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from zeroshot.backbone import check_fingerprint
 from zeroshot.features import check_features, rows_look_unit, unit_rows
+from zeroshot.metrics import softmax
 
 HEAD_JSON, HEAD_WEIGHTS = "head.json", "head.safetensors"
 HEAD_FORMAT = 2  # head.json's format version (2: classes_ in the JSON, detectors keep offset_); none means 1
@@ -91,15 +92,6 @@ def encode_labels(y, classes: np.ndarray, name: str = "y") -> np.ndarray:
         raise ValueError(f"{name} has labels {np.unique(y[unseen])[:10].tolist()} outside the {len(classes)} classes "
                          f"{classes[:10].tolist()}: give a class embedding for every label, or drop those samples")
     return order[position].astype(np.int64)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row softmax with max-subtraction, in float64 for stability, returned as float32."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z.astype(np.float32)
 
 
 def check_class_embeddings(W, name: str = "class_embeddings") -> np.ndarray:

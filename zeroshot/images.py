@@ -105,10 +105,18 @@ class ImageTransform:
         """Decode and transform one file; raises :class:`BadImage`."""
         return self(open_image(source, self.draft_size))
 
+    def load_array(self, source: str | os.PathLike | bytes) -> np.ndarray:
+        """Decode one file into a (size, size, 3) uint8 array, without torch; raises :class:`BadImage`."""
+        return self.to_array(open_image(source, self.draft_size))
+
     def __call__(self, img: Image.Image | np.ndarray):
-        """PIL image or HxWx3 uint8 array -> uint8 (3, size, size) tensor."""
+        """PIL image or HxWx3 uint8 array -> uint8 (3, size, size) torch tensor."""
         import torch
 
+        return torch.from_numpy(self.to_array(img)).permute(2, 0, 1)
+
+    def to_array(self, img: Image.Image | np.ndarray) -> np.ndarray:
+        """PIL image or HxWx3 uint8 array -> resized, centre-cropped (size, size, 3) uint8 array (no torch)."""
         if isinstance(img, np.ndarray):
             img = Image.fromarray(img)
         img = to_rgb(img)
@@ -128,8 +136,14 @@ class ImageTransform:
             left = int(round((new_w - self.size) / 2.0))
             if (new_w, new_h) != (self.size, self.size):
                 img = img.crop((left, top, left + self.size, top + self.size))
-        array = np.asarray(img, dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        return np.array(img, dtype=np.uint8)
+
+    def normalize_array(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) arrays -> float32 (B, 3, H, W) normalised pixels (:meth:`normalize` in NumPy)."""
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        pixels = (batch.astype(np.float32) / np.float32(255) - mean) / std
+        return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
 
     def normalize(self, batch):
         """uint8 (B,3,H,W) -> float normalised, on whatever device ``batch`` lives (ToTensor + Normalize)."""
@@ -141,10 +155,17 @@ class ImageTransform:
 
 
 
-def decode_raw(raw, transform):
-    """Apply ``transform`` to what ``Dataset.raw`` returned (path, bytes or array)."""
+def decode_raw(raw, transform: ImageTransform):
+    """Apply ``transform`` to what ``Dataset.raw`` returned (path, bytes or array): a uint8 (3, size, size) tensor."""
+    import torch
+
+    return torch.from_numpy(decode_raw_array(raw, transform)).permute(2, 0, 1)
+
+
+def decode_raw_array(raw, transform: ImageTransform) -> np.ndarray:
+    """What ``Dataset.raw`` returned as a (size, size, 3) uint8 array, without torch; raises :class:`BadImage`."""
     if isinstance(raw, np.ndarray):
         if raw.ndim == 3 and raw.shape[2] == 1:  # (H,W,1) greyscale: PIL cannot take a single-channel 3-D array
             raw = raw[..., 0]
-        return transform(raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2))
-    return transform.load(raw)
+        return transform.to_array(raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2))
+    return transform.load_array(raw)

@@ -6,6 +6,15 @@ import os
 import numpy as np
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax with max-subtraction, in float64 for stability, returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z.astype(np.float32)
+
+
 def true_class_rank(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
     """0-based rank of the true class per row. Ties go to the lower class index, so rank 0 == argmax."""
     scores = np.asarray(scores)

@@ -175,7 +175,7 @@ def per_class_accuracy(args, data) -> tuple[dict[str, float], object]:
 
     backbone = backbone_from_args(args)
     fs, _, metrics = zero_shot_eval(args, backbone, data)
-    report_failed(fs)
+    report_failed(fs.failed)
     return {k: 100 * float(v) for k, v in metrics["per_class_recall"].items()}, backbone
 
 

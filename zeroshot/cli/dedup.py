@@ -39,7 +39,7 @@ def cmd_dedup(args) -> None:
     backbone = backbone_from_args(args)
     features = [extract_from_args(args, backbone, d) for d in (data, other) if d is not None]
     for fs in features:
-        report_failed(fs)
+        report_failed(fs.failed)
     pairs = find_pairs(features[0].features, features[1].features if other else None, threshold=args.threshold)
     groups = match_groups(pairs) if other else components(pairs, len(features[0]))
     sets = [(d.location, fs.ids) for d, fs in zip((data, other), features)]

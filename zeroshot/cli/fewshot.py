@@ -29,10 +29,10 @@ def cmd_fewshot(args) -> None:
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     backbone = backbone_from_args(args)
     test = extract_from_args(args, backbone, test_data)
-    report_failed(test)
+    report_failed(test.failed)
     if support_data is not None:
         support = extract_from_args(args, backbone, support_data)
-        report_failed(support)
+        report_failed(support.failed)
         if support.classes != test.classes:
             raise ValueError(f"{args.support} and {args.dataset} list different classes")
     else:

@@ -85,7 +85,7 @@ def cmd_score(args) -> None:
         out.close()
         print(f"wrote {len(scores)} scores to {args.output}; {int(flagged.sum())} flagged as OOD "
               f"(score < {detector.offset_:.6g})", file=sys.stderr)
-    report_failed(fs)
+    report_failed(fs.failed)
 
 
 def cmd_train_clipn(args) -> None:

@@ -183,11 +183,11 @@ def class_embeddings_from_args(args, backbone, dataset_classes=None):
     return names, class_embeddings(backbone, names, templates, cache_dir=args.cache_dir, progress=not args.quiet)
 
 
-def report_failed(fs) -> None:
-    """List the files a FeatureSet skipped on stderr."""
-    if fs.failed:
-        print(f"skipped {len(fs.failed)} file(s) that could not be decoded:", file=sys.stderr)
-        for i, reason in fs.failed.items():
+def report_failed(failed: dict[str, str]) -> None:
+    """List the files a run skipped (a FeatureSet's ``failed``: id -> reason) on stderr."""
+    if failed:
+        print(f"skipped {len(failed)} file(s) that could not be decoded:", file=sys.stderr)
+        for i, reason in failed.items():
             print(f"  {i}: {reason}", file=sys.stderr)
 
 

@@ -105,7 +105,7 @@ def cmd_index_build(args) -> None:
         data, backbone = open_data(source), backbone_from_args(args)
         check_factory(args.index, len(data), backbone.embed_dim, warn=False)  # errors before encoding
         features = extract_from_args(args, backbone, data)
-        report_failed(features)
+        report_failed(features.failed)
     params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if value}
     index = Index.build(features, factory=args.index, max_memory=args.max_memory, target_recall=args.target_recall,
                         params=params or None, seed=args.seed, engine=args.engine, address=args.address,
