@@ -20,9 +20,11 @@ from .features import FeatureSet, check_features  # noqa: E402
 from .images import BadImage, ImageTransform  # noqa: E402
 from .metrics import classification_metrics  # noqa: E402
 from .ood_metrics import auroc, evaluate_detectors, fpr_at_tpr  # noqa: E402  (ood_metrics() is the module's name)
+from .onnx_export import export  # noqa: E402
 from .prompts import Card, available_cards, class_embeddings, load_card  # noqa: E402
 from .retrieval.index import Index  # noqa: E402
 from .retrieval.search import Hit, search_ids, search_images, search_text  # noqa: E402
+from .runtime import ExportedModel, load_exported  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,7 +35,8 @@ __all__ = sorted(["Backbone", "check_same_space", "load_backbone", "save_backbon
                   "sample_shots", "split_per_class", "default_cache_dir", "extract", "FeatureSet", "check_features",
                   "BadImage", "ImageTransform", "classification_metrics", "auroc", "evaluate_detectors",
                   "fpr_at_tpr", "Card", "available_cards", "class_embeddings", "load_card", "Index", "Hit",
-                  "search_ids", "search_images", "search_text", *_NEGATION])
+                  "search_ids", "search_images", "search_text", "export", "ExportedModel", "load_exported",
+                  *_NEGATION])
 
 
 def __getattr__(name: str):

@@ -370,6 +370,11 @@ def _make_tokenizer(model_cfg: dict, fallback_name: str):
 def _load_folder(folder: Path, device: str, precision: str, decode: str, loading) -> Backbone:
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file():
+        from .runtime import is_exported
+
+        if is_exported(folder):
+            raise ValueError(f"{folder} is an exported (ONNX) model: `zeroshot classify --model {folder}` and "
+                             "zeroshot.runtime run it; other commands take the model it was exported from")
         raise FileNotFoundError(f"{folder} is not a model folder: {CONFIG_FILE} is missing")
     if not weights_path.is_file():
         raise FileNotFoundError(f"{folder}: {WEIGHTS_FILE} is missing (weights load only from safetensors)")

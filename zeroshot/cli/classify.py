@@ -45,10 +45,14 @@ def cmd_extract(args) -> None:
 
 
 def cmd_classify(args) -> None:
+    from ..runtime import is_exported
+
     check_run_args(args)
     check_at_least("--top-k", args.top_k)
-    check_classes(args)
     check_output("--output", args.output)
+    if is_exported(args.model):
+        return exported_classify(args)
+    check_classes(args)
     data = open_data(args.images)
     targets = labelled_targets(args, data)
     backbone = backbone_from_args(args)
@@ -56,14 +60,41 @@ def cmd_classify(args) -> None:
     if args.multi_label:
         return multilabel_classify(args, backbone, fs, targets)
     clf = zero_shot_classifier(args, backbone)
-    proba = clf.predict_proba(fs.features)
-    k = min(args.top_k, proba.shape[1])
+    write_predictions(args.output, *top_k_rows(fs.ids, clf.predict_proba(fs.features), clf.class_names_, args.top_k))
+    report_failed(fs.failed)
+
+
+def exported_classify(args) -> None:
+    """``classify --model EXPORTED``: the same CSV from a ``zeroshot export`` folder through ONNX Runtime, with no
+    torch; its label set, or ``--classes`` / ``--card`` through its text tower. Nothing is cached but the text."""
+    from ..runtime import load_exported
+
+    unsupported = [flag for flag, given in (("--multi-label", args.multi_label), ("--targets", args.targets),
+                                            ("--precision", args.precision != "fp32"),
+                                            ("--device", args.device not in (None, "cpu")))
+                   if given]
+    if unsupported:
+        raise ValueError(f"{' and '.join(unsupported)}: not available with an exported model ({args.model} runs on "
+                         "the CPU in fp32, or int8 when exported so); drop them, or use the source model")
+    model = load_exported(args.model, decode=args.decode)
+    classes, templates = classes_and_templates(args) if args.classes or args.card else (None, None)
+    data = open_data(args.images)
+    names, W = model.label_set(classes, templates, cache_dir=args.cache_dir)
+    ids, features, failed = model.encode_dataset(data, batch_size=args.batch_size or 32, workers=args.workers)
+    if not ids and failed:
+        raise OSError(f"none of the {len(failed)} file(s) of {data.location} could be decoded; check that they "
+                      "are image files (JPEG, PNG, WebP ...) and readable")
+    write_predictions(args.output, *top_k_rows(ids, model.predict_proba(features, W), names, args.top_k))
+    report_failed(failed)
+
+
+def top_k_rows(ids, proba: np.ndarray, names: list[str], top_k: int) -> tuple[list[str], list[list]]:
+    """The prediction CSV's header and rows: id, best class, then the top k classes with their probabilities."""
+    k = min(top_k, proba.shape[1])
     top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     header = ["id", "prediction"] + [f"{kind}{j + 1}" for j in range(k) for kind in ("class", "score")]
-    rows = [[i, clf.class_names_[t[0]]] + [v for j in t for v in (clf.class_names_[j], f"{p[j]:.4f}")]
-            for i, t, p in zip(fs.ids, top, proba)]
-    write_predictions(args.output, header, rows)
-    report_failed(fs)
+    rows = [[i, names[t[0]]] + [v for j in t for v in (names[j], f"{p[j]:.4f}")] for i, t, p in zip(ids, top, proba)]
+    return header, rows
 
 
 def write_predictions(output: str | None, header: list[str], rows: list[list]) -> None:
@@ -117,7 +148,7 @@ def multilabel_classify(args, backbone, fs, targets: tuple[list[str], np.ndarray
               f"{metrics['chance_mean_average_precision']:.1%}); per class, AP (positive images):", file=sys.stderr)
         for name, ap in sorted(metrics["per_class_average_precision"].items(), key=lambda item: -item[1]):
             print(f"  {name}: {ap:.1%} ({metrics['positives_per_class'][name]})", file=sys.stderr)
-    report_failed(fs)
+    report_failed(fs.failed)
 
 
 def cmd_eval(args) -> None:
@@ -151,7 +182,7 @@ def cmd_eval(args) -> None:
     print(json.dumps({k: report[k] for k in ("model", "fingerprint", "dataset", "n", "acc1", "acc5",
                                              "mean_per_class_recall", "seconds")}, indent=1))
     print(f"wrote {out / 'metrics.json'}, confusion_matrix.png and top_confusions.csv", file=sys.stderr)
-    report_failed(fs)
+    report_failed(fs.failed)
 
 
 def retrieval_eval(args, out: Path, start: float) -> None:
@@ -220,7 +251,10 @@ def add_commands(sub) -> None:
                     "--gpus-per-worker GPUs, else one per 2 CPUs of the cluster)")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("classify", help="zero-shot predictions for images (CSV)")
+    p = sub.add_parser("classify", help="zero-shot predictions for images (CSV)",
+                       description="Zero-shot predictions for images (CSV). --model may also be a folder made by "
+                       "`zeroshot export`: it then runs on ONNX Runtime without torch, with its own label set or, if "
+                       "exported with its text tower, any --classes / --card.")
     p.add_argument("images", nargs="+", help="image files, a folder, .npz, .csv or tar shards")
     add_class_args(p, "comma-separated class names")
     p.add_argument("--top-k", type=int, default=5, help="classes (with scores) listed per image")
