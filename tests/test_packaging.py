@@ -14,9 +14,10 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
 def requirements() -> list[Requirement]:
-    """The base dependencies and those of every extra."""
+    """The base dependencies and those of every extra (not the extras that name other extras of the project)."""
     extras = PROJECT.get("optional-dependencies", {}).values()
-    return [Requirement(r) for r in PROJECT["dependencies"] + [r for extra in extras for r in extra]]
+    found = [Requirement(r) for r in PROJECT["dependencies"] + [r for extra in extras for r in extra]]
+    return [r for r in found if canonicalize_name(r.name) != PROJECT["name"]]
 
 
 def pins() -> dict[str, str]:
