@@ -254,3 +254,16 @@ def test_runtime_refuses_damaged_or_newer_folders(tiny_export, tmp_path):
         ExportedModel(tmp_path)
     with pytest.raises(ValueError, match="without its text tower"):
         load_exported(tiny_export).encode_texts(["a"])
+
+
+def test_two_exports_into_one_folder_leave_one_whole_export(tiny_model_dir, tmp_path):
+    out = tmp_path / "export"
+    command = [sys.executable, "-m", "zeroshot", "export", str(tiny_model_dir), "--output", str(out), "--classes",
+               "cat,dog", "--quiet"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert loser.startswith("error:") and ("already exists" in loser or "another process" in loser)
+    assert load_exported(out).classes == ["cat", "dog"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging folder left

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbone import sha256_file
 from .cache import digest
 from .runtime import (CLASS_EMBEDDINGS_FILE, CLASSES_FILE, EXPORT_FILE, EXPORT_FORMAT, ExportedModel, TextTokenizer,
                       onnx_session)
@@ -79,7 +80,8 @@ def export(model, output: str | os.PathLike, *, classes: list[str] | None = None
         info = {
             "format": EXPORT_FORMAT,
             "source": {"name": backbone.name, "fingerprint": backbone.fingerprint},
-            "fingerprint": digest([backbone.fingerprint, image_info, text_info]),
+            "fingerprint": digest([backbone.fingerprint, backbone.transform.fingerprint()]
+                                  + [sha256_file(staging / part["file"]) for part in (image_info, text_info) if part]),
             "space": backbone.space,
             "embed_dim": backbone.embed_dim,
             "logit_scale": backbone.logit_scale,
@@ -90,9 +92,15 @@ def export(model, output: str | os.PathLike, *, classes: list[str] | None = None
         }
         (staging / EXPORT_FILE).write_text(json.dumps(info, indent=1) + "\n")
         ExportedModel(staging)  # the folder loads as the runtime will read it
-        if output.exists():
-            output.rmdir()  # empty (checked above)
-        os.replace(staging, output)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                output.rmdir()  # empty (checked above)
+            os.replace(staging, output)
+        except OSError:
+            if output.is_dir() and any(output.iterdir()):  # another export filled it meanwhile
+                raise FileExistsError(f"{output} was written by another process during this export; give a new "
+                                      "folder (or remove it)") from None
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
