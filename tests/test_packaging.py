@@ -51,3 +51,12 @@ def test_python_m_zeroshot_prints_the_project_version():
     out = subprocess.run([sys.executable, "-m", "zeroshot", "--version"], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     assert out.strip() == f"zeroshot {PROJECT['version']}"
+
+
+def test_every_subpackage_is_packaged():
+    """A sub-package missing from [tool.setuptools] packages works in the editable install and is absent from a
+    wheel: every folder of zeroshot/ with an __init__.py must be listed."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("zeroshot",) + p.parent.relative_to(ROOT / "zeroshot").parts)
+             for p in (ROOT / "zeroshot").rglob("__init__.py")}
+    assert found - listed == set()

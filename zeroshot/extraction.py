@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import Backbone
-from .cache import images_entry, resolve_cache_dir
+from .cache import images_entry, read_json, resolve_cache_dir
 from .datasets import Dataset, ShardPlan, open_dataset
 from .engines.session import check_engine
-from .features import FeatureSet, ShardStore
+from .features import MANIFEST, FeatureSet, ShardStore
 from .images import BadImage, decode_raw
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *,
     check_engine(engine)
     if not isinstance(dataset, Dataset):
         dataset = open_dataset(dataset)
-    signature = {**dataset.signature(), "transform": backbone.transform.fingerprint()}
+    signature = data_signature(backbone, dataset)
 
     def layout() -> dict:  # a new cache entry's batches: only then is the device (and so torch) needed
         size = batch_size or default_batch_size("cuda" if engine == "ray" and gpus_per_worker else backbone.device)
@@ -135,6 +135,20 @@ def extract(backbone: Backbone, dataset: Dataset | str | os.PathLike, *,
             fs = run(Path(tmp))
             return FeatureSet(np.array(fs.features), fs.labels, fs.ids, fs.meta)
     return run(images_entry(cache, backbone.fingerprint, signature))
+
+
+def data_signature(backbone: Backbone, dataset: Dataset) -> dict:
+    """What keys a dataset's features in the cache: the data's own signature and the backbone's preprocessing."""
+    return {**dataset.signature(), "transform": backbone.transform.fingerprint()}
+
+
+def is_cached(backbone: Backbone, dataset: Dataset, cache_dir: str | os.PathLike | None | bool = None) -> bool:
+    """Whether :func:`extract` would return ``dataset``'s features from a finished cache entry, decoding nothing
+    (nothing is created or locked to find out)."""
+    cache = resolve_cache_dir(cache_dir)
+    return cache is not None and bool(
+        read_json(images_entry(cache, backbone.fingerprint, data_signature(backbone, dataset)) / MANIFEST)
+        .get("complete"))
 
 
 def _extract_into(folder: Path, *, backbone: Backbone, dataset: Dataset, signature: dict, layout, progress: bool,

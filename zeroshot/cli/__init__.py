@@ -16,11 +16,11 @@ import sys
 import traceback
 import warnings
 
-from . import benchmark, cache, classify, concepts, dedup, distill, export, fewshot, ood, retrieval
+from . import benchmark, cache, classify, concepts, dedup, distill, export, fewshot, geneval, ood, retrieval
 from .options import Parser
 
 # each adds its sub-commands
-VERB_GROUPS = (classify, benchmark, fewshot, ood, retrieval, dedup, distill, export, concepts, cache)
+VERB_GROUPS = (classify, benchmark, fewshot, ood, retrieval, dedup, distill, export, geneval, concepts, cache)
 
 
 USAGE, FAILED, INTERRUPTED = 2, 1, 130
