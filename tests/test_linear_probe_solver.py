@@ -86,3 +86,22 @@ def test_only_the_final_fit_warns_when_lbfgs_stops_at_max_iter(rng, n_classes, i
         probe = LinearProbe(init=init, max_iter=1).fit(X, y, **text)  # C searched: every search fit stops too
     converge = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert len(converge) == 1 and f"C={probe.chosen_['C']:.3g} " in str(converge[0].message)
+
+
+@pytest.mark.parametrize("init", ["zeros", "zero-shot"])
+def test_parallel_search_steps_choose_what_one_fit_after_another_chooses(rng, monkeypatch, init):
+    """A search step's fits on a thread pool (forced here by a zero threshold) give the sequential search's C and
+    coefficients, and leave the caller's warning filters as they were (no catch_warnings inside the threads)."""
+    import zeroshot.heads.linear_probe as linear_probe
+
+    means, X, y = blobs(rng, 6, 10, noise=1.2)
+    filters = list(warnings.filters)
+    monkeypatch.setattr(linear_probe, "PARALLEL_WORK", 0)
+    pooled = LinearProbe(init=init).fit(X, y, class_embeddings=means)
+    assert warnings.filters == filters
+    calls = []
+    monkeypatch.setattr(linear_probe, "parallel_scores",
+                        lambda score, workers: lambda indices: calls.append(len(indices)) or [score(j) for j in indices])
+    sequential = LinearProbe(init=init).fit(X, y, class_embeddings=means)
+    assert calls[0] == 7 and pooled.chosen_["C"] == sequential.chosen_["C"]
+    np.testing.assert_array_equal(pooled.coef_, sequential.coef_)
