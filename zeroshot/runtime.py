@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .features import load_npy
 from .images import BadImage, ImageTransform, decode_raw_array
@@ -136,8 +137,8 @@ class ExportedModel:
     def encode_images(self, images: Iterable, batch_size: int = 32) -> np.ndarray:
         """Image paths, encoded bytes, PIL images or HxWx3 uint8 arrays -> (N, D) float32 unit rows; a file that
         cannot be decoded raises :class:`~zeroshot.images.BadImage` (``encode_dataset`` skips such files)."""
-        arrays = [self.transform.to_array(img) if not isinstance(img, (str, os.PathLike, bytes)) else
-                  self.transform.load_array(img) for img in images]
+        arrays = [self.transform.to_array(img) if isinstance(img, Image.Image) else
+                  decode_raw_array(img, self.transform) for img in images]
         return self._encode_stacked(arrays, batch_size)
 
     def encode_dataset(self, data, batch_size: int = 32, workers: int | None = None
