@@ -57,6 +57,14 @@ def load_sets(backbone, cache, names: list[str]) -> dict:
     return {k: (np.asarray(a), b, np.asarray(c), d, e, f) for k, (a, b, c, d, e, f) in sets.items()}
 
 
+def runs_and_sets(model: str, runs: str):
+    """(backbone, [(dataset, shots, seed), ...], :func:`load_sets` of those datasets) from ``--model`` and a
+    ``--runs`` string ``dataset:shots:seed,...``: what the probe benchmarks iterate over."""
+    backbone = zeroshot.load_backbone(model, device="cpu")
+    parsed = [(name, int(k), int(seed)) for name, k, seed in (r.split(":") for r in runs.split(","))]
+    return backbone, parsed, load_sets(backbone, zeroshot.default_cache_dir(), sorted({name for name, _, _ in parsed}))
+
+
 def median_time(fn, repeats: int = 5) -> tuple[float, float]:
     """Median wall seconds and median CPU seconds (all threads) over ``repeats`` runs after one warm-up."""
     fn()

@@ -14,10 +14,9 @@ import time
 import warnings
 from unittest import mock
 
-from bench_fewshot import load_sets
+from bench_fewshot import runs_and_sets
 from sklearn.exceptions import ConvergenceWarning
 
-import zeroshot
 import zeroshot.heads.linear_probe as linear_probe
 from zeroshot.evaluation.fewshot import sample_shots
 from zeroshot.heads import LinearProbe
@@ -44,9 +43,7 @@ def main() -> None:
                                           "tinyimagenet:16:1", help="dataset:shots:seed, comma-separated")
     parser.add_argument("--json")
     args = parser.parse_args()
-    backbone = zeroshot.load_backbone(args.model, device="cpu")
-    runs = [(name, int(k), int(seed)) for name, k, seed in (r.split(":") for r in args.runs.split(","))]
-    sets = load_sets(backbone, zeroshot.default_cache_dir(), sorted({name for name, _, _ in runs}))
+    backbone, runs, sets = runs_and_sets(args.model, args.runs)
     print(f"# model {backbone.name}, fingerprint {backbone.fingerprint}, {os.cpu_count()} CPUs, parallel from "
           f"{linear_probe.PARALLEL_WORK:,} multiply-adds per product", flush=True)
     report = []

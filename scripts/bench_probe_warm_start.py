@@ -17,11 +17,10 @@ import time
 import warnings
 
 import numpy as np
-from bench_fewshot import load_sets
+from bench_fewshot import runs_and_sets
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-import zeroshot
 from zeroshot.evaluation.fewshot import sample_shots
 from zeroshot.heads import LinearProbe
 from zeroshot.heads._fewshot import carve_validation
@@ -57,9 +56,7 @@ def main() -> None:
                         help="dataset:shots:seed, comma-separated")
     parser.add_argument("--json")
     args = parser.parse_args()
-    backbone = zeroshot.load_backbone(args.model, device="cpu")
-    runs = [(name, int(k), int(seed)) for name, k, seed in (r.split(":") for r in args.runs.split(","))]
-    sets = load_sets(backbone, zeroshot.default_cache_dir(), sorted({name for name, _, _ in runs}))
+    backbone, runs, sets = runs_and_sets(args.model, args.runs)
     print(f"# model {backbone.name}, fingerprint {backbone.fingerprint}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
     report = []

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_export import best_rate
 
 from zeroshot.backbone import _fast_image_tower, build_model, timm_text_pair_config
 from zeroshot.onnx_export import onnx_session, to_onnx, unit_rows_module
@@ -24,15 +24,6 @@ SEED = 0
 TOWERS = ("resnet10t_050,lcnet_050,lcnet_075,lcnet_100,mobilenetv3_small_050,mobilenetv3_small_075,"
           "mobilenetv3_small_100,mobilenetv4_conv_small_050,ghostnet_050,repghostnet_050,mnasnet_small,tinynet_e")
 REFERENCE = "resnet10t"  # the default model's image tower
-
-
-def rate(encode, x, rounds: int = 20) -> float:
-    for _ in range(3):
-        encode(x)
-    start = time.perf_counter()
-    for _ in range(rounds):
-        encode(x)
-    return rounds * len(x) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -66,7 +57,7 @@ def main() -> None:
         for _ in range(3):
             for name, pair in encoders.items():
                 for kind, encode in pair.items():
-                    speed[name, kind] = max(speed.get((name, kind), 0), rate(encode, x))
+                    speed[name, kind] = max(speed.get((name, kind), 0), best_rate(encode, x, 20))
     print(f"# seed {SEED}, {threads} threads, {args.size} px, batch 32, untrained towers; speed vs {REFERENCE} in "
           "the same runtime")
     print("| tower | params (M) | torch img/s | vs resnet10t | ONNX Runtime img/s | vs resnet10t (ORT) |")
