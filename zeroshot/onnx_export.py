@@ -56,11 +56,11 @@ def export(model, output: str | os.PathLike, *, classes: list[str] | None = None
                          "(--calibration DATA, a few hundred unlabelled images like those the model will see)")
     if calibration_size < 1:
         raise ValueError(f"calibration_size must be at least 1, got {calibration_size}")
+    _require_onnx()
     calibration = open_dataset(calibration) if isinstance(calibration, (str, os.PathLike, list)) else calibration
     backbone = model if hasattr(model, "encode_images") else load_backbone(model, device="cpu")
     if text_tower:
         check_text_tower_exportable(backbone)
-    _require_onnx()
 
     staging = output.with_name(f".{output.name}.export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -131,7 +131,8 @@ def _require_onnx() -> None:
         try:
             __import__(module)
         except ImportError as exc:
-            raise ImportError(f"exporting needs {module}: pip install 'zeroshot[export]'") from exc
+            raise ImportError(f"exporting needs the package {module!r}, which this installation lacks; pip install "
+                              "'zeroshot[export]'") from exc
 
 
 def check_text_tower_exportable(backbone) -> None:

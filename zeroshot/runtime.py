@@ -40,7 +40,8 @@ def onnx_session(path: Path, threads: int | None = None):
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ImportError("running an exported model needs ONNX Runtime: pip install 'zeroshot[runtime]'") from exc
+        raise ImportError("running an exported model needs the package 'onnxruntime', which this installation lacks; "
+                          "pip install 'zeroshot[runtime]'") from exc
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
