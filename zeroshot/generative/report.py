@@ -36,7 +36,7 @@ def markdown(result: dict, title: str) -> str:
                          f"| {consistency[side]['accuracy']:.4f} |")
     names = list(consistency.get("generated", {}).get("per_class", {})) or list(result.get("per_class", {}))
     if names:
-        lines += ["", "| class | generated | consistency | reference consistency | FD | precision | recall | "
+        lines += ["", "| class | generated images | consistency | reference consistency | FD | precision | recall | "
                   "coverage |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name in names:
             gen = consistency.get("generated", {})
