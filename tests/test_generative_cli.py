@@ -121,6 +121,9 @@ def test_gen_eval_refuses_bad_input_in_one_line(halves, messy_folder, tmp_path, 
     wrong = write_csv(tmp_path / "w.csv", ["image", "label"], [("a", "cat")])
     code, _, err = run(base + ["--labels", str(wrong)], capsys)
     assert code == 2 and "id,label" in err
+    prompts = write_csv(tmp_path / "p.csv", ["id", "prompt"], [(zeroshot.open_dataset(generated).ids[0], "a cat")])
+    code, _, err = run(base + ["--prompts", str(prompts)], capsys)
+    assert code == 2 and "no prompt for 299 generated image(s)" in err and "loading model" not in err
     code, _, err = run(base + ["--bootstrap", "1"], capsys)
     assert code == 2 and "--bootstrap must be at least 2" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

@@ -70,30 +70,39 @@ def aligned_labels(names: list[str], data_classes: list[str] | None, labels: np.
     return position[labels]  # label -1 picks the appended -1
 
 
-def prompt_embeddings(args, backbone, ids: list[str]):
-    """(prompt embedding per generated image, reference caption embeddings, their owner rows) from ``--prompts`` /
-    ``--references``; an image without a prompt is an error (CLIPScore is per image)."""
-    from ..prompts import encode_texts_cached
-
+def read_prompts(args, ids: list[str]) -> tuple[dict | None, dict | None]:
+    """``--prompts`` (id -> [prompt]) and ``--references`` (id -> captions), read and checked against the generated
+    images before any model loads; an image without a prompt or a reference is an error (the scores are per image)."""
     if args.prompts is None:
-        return None, None, None
+        return None, None
     check_exists("--prompts", args.prompts)
     prompts = read_id_rows(args.prompts, "prompt", "--prompts")
     missing = [i for i in ids if i not in prompts]
     if missing:
         raise ValueError(f"--prompts {args.prompts} has no prompt for {len(missing)} generated image(s), e.g. "
                          f"{missing[:3]}; give one row id,prompt per image")
-    P = encode_texts_cached(backbone, [prompts[i][0] for i in ids], args.cache_dir)
     if args.references is None:
-        return P, None, None
+        return prompts, None
     check_exists("--references", args.references)
     captions = read_id_rows(args.references, "caption", "--references")
-    owner = [row for row, i in enumerate(ids) for _ in captions.get(i, [])]
-    if len(set(owner)) != len(ids):
+    if any(i not in captions for i in ids):
         raise ValueError(f"--references {args.references} has no caption for some generated images; give at least "
                          "one row id,caption per image")
-    texts = [c for i in ids for c in captions.get(i, [])]
-    return P, encode_texts_cached(backbone, texts, args.cache_dir), np.array(owner)
+    return prompts, captions
+
+
+def prompt_embeddings(args, backbone, prompts: dict | None, captions: dict | None, ids: list[str]):
+    """(prompt embedding per generated image, reference caption embeddings, their owner rows), in ``ids`` order."""
+    from ..prompts import encode_texts_cached
+
+    if prompts is None:
+        return None, None, None
+    P = encode_texts_cached(backbone, [prompts[i][0] for i in ids], args.cache_dir)
+    if captions is None:
+        return P, None, None
+    owner = np.array([row for row, i in enumerate(ids) for _ in captions[i]])
+    texts = [c for i in ids for c in captions[i]]
+    return P, encode_texts_cached(backbone, texts, args.cache_dir), owner
 
 
 def cmd_gen_eval(args) -> None:
@@ -112,6 +121,7 @@ def cmd_gen_eval(args) -> None:
     generated, reference = open_data(args.generated), open_data(args.reference)
     label_names, labels = generated_labels(args, generated)
     names, templates = class_set(args, label_names) if label_names else (None, None)
+    prompts, captions = read_prompts(args, generated.ids)
     backbone = backbone_from_args(args)
     cached = is_cached(backbone, reference, args.cache_dir)
     ref_start = time.perf_counter()
@@ -121,7 +131,7 @@ def cmd_gen_eval(args) -> None:
     position = {i: n for n, i in enumerate(generated.ids)}
     kept = np.array([position[i] for i in G.ids], dtype=np.int64)  # files that failed to decode drop out
     W = class_embeddings(backbone, names, templates, cache_dir=args.cache_dir) if names else None
-    P, refs, owner = prompt_embeddings(args, backbone, list(G.ids))
+    P, refs, owner = prompt_embeddings(args, backbone, prompts, captions, list(G.ids))
     result = evaluate_generated(
         G.features, R.features, generated_labels=labels[kept] if labels is not None else None,
         reference_labels=aligned_labels(names, reference.classes, R.labels) if names else None,
