@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_export import best_rate
 
 import zeroshot
 from zeroshot.backbone import WEIGHTS_FILE
@@ -28,12 +28,7 @@ SEED = 0
 
 def images_per_second(backbone, batch: int, rounds: int) -> float:
     x = torch.randint(0, 256, (batch, 3, backbone.transform.size, backbone.transform.size), dtype=torch.uint8)
-    for _ in range(3):
-        backbone.encode_images(x)
-    start = time.perf_counter()
-    for _ in range(rounds):
-        backbone.encode_images(x)
-    return rounds * batch / (time.perf_counter() - start)
+    return best_rate(backbone.encode_images, x, rounds)
 
 
 def macs(backbone) -> float:

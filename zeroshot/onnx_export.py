@@ -261,16 +261,15 @@ def export_text_tower(backbone, folder: Path, *, int8: bool, probes: list[str] |
     context_length = int(backbone.tokenizer.context_length)
     pad_id = int(backbone.tokenizer.tokenizer.pad_token_id)
     texts = PROBE_TEXTS + [f"a photo of a {name}." for name in probes or []]
-    ours = TextTokenizer(tokenizer_json, context_length, pad_id)(texts)
+    tokenizer = TextTokenizer(tokenizer_json, context_length, pad_id)
+    ours = tokenizer(texts)
     reference = backbone.tokenizer(texts)
     for text, tokens, row in zip(texts, ours, reference.tolist()):
         if tokens != [t for t in row if t != pad_id][:len(tokens)] or len(tokens) != sum(t != pad_id for t in row):
             raise RuntimeError(f"the runtime tokenizer splits {text!r} differently from open_clip's; report it with "
                                "the model name")
-    width = max(len(t) for t in ours)
-    ids = np.full((len(texts), width), pad_id, np.int64)
-    for i, tokens in enumerate(ours):
-        ids[i, :len(tokens)] = tokens
+    ids = tokenizer.pad(ours)
+    width = ids.shape[1]
     module = unit_rows_module(on_cpu(backbone.model).eval(), "encode_text")
     expected = torch_features(module, ids)
     path = folder / TEXT_FILE

@@ -71,6 +71,13 @@ class TextTokenizer:
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch([self.clean(t) for t in texts])]
 
+    def pad(self, tokens: Sequence[list[int]]) -> np.ndarray:
+        """Token lists as one (B, longest) int64 array, padded with the pad id."""
+        ids = np.full((len(tokens), max(map(len, tokens))), self.pad_id, np.int64)
+        for row, token_ids in zip(ids, tokens):
+            row[:len(token_ids)] = token_ids
+        return ids
+
 
 class ExportedModel:
     """An exported folder, loaded for inference: ``encode_images``, ``encode_texts`` (with a text tower),
@@ -192,10 +199,7 @@ class ExportedModel:
         out = np.zeros((len(texts), self.embed_dim), np.float32)
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
-            width = max(len(tokens[r]) for r in rows)
-            ids = np.full((len(rows), width), tokenizer.pad_id, np.int64)
-            for i, r in enumerate(rows):
-                ids[i, :len(tokens[r])] = tokens[r]
+            ids = tokenizer.pad([tokens[r] for r in rows])
             (out[rows],) = session.run(None, {session.get_inputs()[0].name: ids})
         return out
 
