@@ -38,7 +38,8 @@ def generated_labels(args, data) -> tuple[list[str] | None, np.ndarray | None]:
         return list(data.classes), data.labels
     check_exists("--labels", args.labels)
     named = {i: values[0] for i, values in read_id_rows(args.labels, "label", "--labels").items()}
-    unknown = [i for i in named if i not in set(data.ids)]
+    known = set(data.ids)
+    unknown = [i for i in named if i not in known]
     if len(unknown) == len(named):
         raise ValueError(f"--labels {args.labels}: none of its ids are images of {data.location} (e.g. "
                          f"{unknown[:3]}, images are named like {data.ids[:3]})")
